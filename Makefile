@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine: `make test` and `make demo`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch lies on these machines as a file; any other spec pulls CUDA.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	# mediapipe 0.10.14 bundles the face-mesh model; its jax and opencv-contrib
+	# dependencies are not needed at run time (pyproject lists what it imports).
+	$(BIN)/pip install -q --no-deps mediapipe==0.10.14
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+demo: $(STAMP)
+	$(BIN)/dreamtalk animate --blendshapes assets/sample_blendshapes.csv --out out/demo.mp4
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/dreamtalk bench render
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

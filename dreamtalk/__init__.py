@@ -1,0 +1,1 @@
+"""The `dreamtalk` command line; the work itself lives in engine/, server/ and export/."""

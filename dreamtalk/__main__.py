@@ -1,0 +1,3 @@
+from dreamtalk.cli import main
+
+raise SystemExit(main())
