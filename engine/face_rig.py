@@ -114,26 +114,28 @@ class _Sculptor:
 def _aux_points(face_xy: np.ndarray, center: np.ndarray, image_corners: np.ndarray):
     """Rings around the face (hair, neck), then static points on the image border.
 
-    Returns (points (A, 3), head_weight (A,), jaw_weight (A,))."""
+    Returns (points (A, 3), head_weight (A,), jaw_follow (A,), oval_of (A,)): a ring point
+    follows the jaw by jaw_follow times its oval point's jaw weight (oval_of; -1 = none)."""
     oval = face_xy[list(topo.FACE_OVAL)]
     chin_y = face_xy[topo.CHIN, 1]
-    pts, head_w, jaw_w = [], [], []
+    pts, head_w, jaw_w, oval_of = [], [], [], []
     # (scale, depth): the first ring hugs the face, the last is background.
     for scale, depth in ((1.22, 0.4), (1.6, 0.6), (2.7, 0.8)):
         ring = center + (oval - center) * scale
         below = _smoothstep(chin_y - 0.6, chin_y + 0.4, ring[:, 1])  # 0 above the jaw, 1 below
         if scale < 1.3:
             hw = 1.0 - 0.45 * below  # neck skin under the chin follows the head partly
-            jw = 0.45 * _smoothstep(chin_y - 0.2, chin_y + 0.3, ring[:, 1])
+            jw = np.full(len(ring), 0.75)
         elif scale < 2.5:
             hw = 1.0 - 0.85 * below  # hair moves with the head; shoulders stay
-            jw = np.zeros(len(ring))
+            jw = np.full(len(ring), 0.25)
         else:
             hw = np.zeros(len(ring))
             jw = np.zeros(len(ring))
         pts.append(np.c_[ring, np.full(len(ring), depth)])
         head_w.append(hw)
         jaw_w.append(jw)
+        oval_of.append(np.asarray(topo.FACE_OVAL))
     # Static frame: points along the image border, so the warp is defined everywhere.
     border = []
     for a, b in zip(image_corners, np.roll(image_corners, -1, axis=0), strict=True):
@@ -143,7 +145,13 @@ def _aux_points(face_xy: np.ndarray, center: np.ndarray, image_corners: np.ndarr
     pts.append(np.c_[border, np.full(len(border), 1.0)])
     head_w.append(np.zeros(len(border)))
     jaw_w.append(np.zeros(len(border)))
-    return np.concatenate(pts), np.concatenate(head_w), np.concatenate(jaw_w)
+    oval_of.append(np.full(len(border), -1))
+    return (
+        np.concatenate(pts),
+        np.concatenate(head_w),
+        np.concatenate(jaw_w),
+        np.concatenate(oval_of),
+    )
 
 
 def refine_lip_opening(image: np.ndarray, landmarks_px: np.ndarray) -> np.ndarray:
@@ -203,6 +211,12 @@ def build_rig(landmarks_px: np.ndarray, image_size: int) -> FaceRig:
     axes = np.stack([x_axis, y_axis])  # rows: face x and y in image pixels per unit
     face_xy = (lm[:, :2] - origin) @ axes.T / iod
     face_z = (lm[:, 2] - (eye_l[2] + eye_r[2]) / 2.0) / iod
+    # Bas-relief: MediaPipe's depth is steep at the outline, where a rotated point would pass
+    # its neighbour (a fold). Fade depth to the outline's mean depth near the outline.
+    oval_xy = face_xy[list(topo.FACE_OVAL)]
+    to_outline = np.sqrt(((face_xy[:, None] - oval_xy[None]) ** 2).sum(-1)).min(1)
+    outline_z = face_z[list(topo.FACE_OVAL)].mean()
+    face_z = outline_z + (face_z - outline_z) * _smoothstep(0.0, 0.5, to_outline)
     face = np.c_[face_xy, face_z]
 
     corners_px = np.array(
@@ -211,7 +225,7 @@ def build_rig(landmarks_px: np.ndarray, image_size: int) -> FaceRig:
     )
     corners = (corners_px - origin) @ axes.T / iod
     center = face_xy[list(topo.FACE_OVAL)].mean(0)
-    aux, aux_head, aux_jaw = _aux_points(face_xy, center, corners)
+    aux, aux_head, aux_jaw_follow, aux_oval = _aux_points(face_xy, center, corners)
     points = np.concatenate([face, aux])
     n = len(points)
     nl = topo.NUM_LANDMARKS
@@ -253,11 +267,13 @@ def build_rig(landmarks_px: np.ndarray, image_size: int) -> FaceRig:
     line = seam_at(np.clip(x, seam_x.min(), seam_x.max())) + 0.08
     line = line - 1.1 * np.maximum(np.abs(x) - mouth_half, 0.0)
     jaw = _smoothstep(line - 0.05, line + 0.3, y)
-    jaw[nl:] = aux_jaw
-    jaw[upper_lip] = 0.0
-    jaw[lower_lip] = 1.0
-    jaw[[78, 308]] = 0.5
-    jaw[[61, 291]] = 0.4
+    jaw[nl:] = aux_jaw_follow * np.where(aux_oval >= 0, jaw[np.maximum(aux_oval, 0)], 0.0)
+    # Lips split at the seam in the middle but meet at 0.5 in the corners, so the corner
+    # stretches instead of tearing.
+    centre_ness = _smoothstep(1.05, 0.55, np.abs(x - mouth_c[0]) / max(mouth_half, 1e-6))
+    jaw[upper_lip] = 0.5 - 0.5 * centre_ness[upper_lip]
+    jaw[lower_lip] = 0.5 + 0.5 * centre_ness[lower_lip]
+    jaw[corners_idx] = 0.5
     nose_and_up = y < seam_at(np.clip(x, seam_x.min(), seam_x.max())) - 0.12
     jaw[:nl][nose_and_up[:nl] & (np.abs(x[:nl]) < mouth_half * 1.2)] = 0.0
 
@@ -277,6 +293,10 @@ def build_rig(landmarks_px: np.ndarray, image_size: int) -> FaceRig:
         rest += sculpt.spread(inner_u[1:-1], d_up, 0.06, frozen=frozen_up)
         rest += sculpt.spread(inner_l[1:-1], -d_up, 0.06, frozen=frozen_lo)
         log.info("portrait has parted lips (gap %.3f IOD): closing them at rest", gap.max())
+
+    z_mid = (points[inner_u, 2] + points[inner_l, 2]) / 2.0
+    rest[inner_u, 2] += z_mid - points[inner_u, 2]
+    rest[inner_l, 2] += z_mid - points[inner_l, 2]
 
     # ---- The blendshape basis.
     basis = np.zeros((NUM_BLENDSHAPES, n, 3))

@@ -21,6 +21,7 @@ avatar; `RENDER_INPUT_NAMES` fixes their order.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,8 @@ from torch import nn
 from engine import face_topology as topo
 from engine.blendshapes import BLENDSHAPE_INDEX, NUM_BLENDSHAPES
 from engine.face_rig import HINGE, JAW_MAX_ANGLE, PIVOT, FaceRig, deform, project, rotation_matrix
+
+log = logging.getLogger(__name__)
 
 # Inputs after `motion`, in order: the face rig's arrays, then the renderer's precompute.
 RIG_INPUT_NAMES = (
@@ -61,30 +64,14 @@ class RendererConfig:
 
 def precompute(rig: FaceRig, image: np.ndarray, config: RendererConfig) -> dict[str, np.ndarray]:
     """Per-portrait arrays of the renderer (everything but the rig's own)."""
-    from scipy.spatial import Delaunay
-
     size = config.size
     if image.shape != (size, size, 3):
         raise ValueError(f"image must be ({size}, {size}, 3), got {image.shape}")
     points_px = rig.origin_px + rig.points0[:, :2] @ rig.axes_px
-    # Iris outlines often poke under the lids; they would fold the lids on a blink.
-    control = np.setdiff1d(np.arange(rig.num_points), np.concatenate(topo.IRIS_RINGS))
-    tri = Delaunay(points_px[control].astype(np.float64))
     g = config.grid
     coords = np.linspace(0.0, size - 1.0, g)
     gx, gy = np.meshgrid(coords, coords)
-    q = np.c_[gx.ravel(), gy.ravel()]
-    simplex = tri.find_simplex(q)
-    outside = simplex < 0
-    if outside.any():  # corners exactly on the hull: nudge towards the centre
-        q_in = q[outside] + np.sign(size / 2.0 - q[outside]) * 1e-3
-        simplex[outside] = tri.find_simplex(q_in)
-    simplex = np.maximum(simplex, 0)
-    trans = tri.transform[simplex]
-    b2 = np.einsum("pij,pj->pi", trans[:, :2], q - trans[:, 2])
-    bary = np.c_[b2, 1.0 - b2.sum(1)].clip(0.0, 1.0)
-    bary /= bary.sum(1, keepdims=True)
-    tri_index = control[tri.simplices[simplex]]
+    tri_index, bary = _barycentric(points_px, _warp_mesh(points_px), np.c_[gx.ravel(), gy.ravel()])
 
     # Mouth geometry in the face frame: seam centre, half width, depth of the teeth.
     p = rig.points0 + rig.rest
@@ -112,6 +99,61 @@ def precompute(rig: FaceRig, image: np.ndarray, config: RendererConfig) -> dict[
         "mouth_geometry": geometry,
         "palette": palette,
     }
+
+
+# Contours the warp mesh must keep as edges: a triangle across the lips or the lids would
+# fold as soon as they move apart.
+MESH_CONTOURS = (
+    topo.LIP_INNER_UPPER, topo.LIP_INNER_LOWER, topo.LIP_OUTER_UPPER, topo.LIP_OUTER_LOWER,
+    topo.RIGHT_EYE_UPPER, topo.RIGHT_EYE_LOWER, topo.LEFT_EYE_UPPER, topo.LEFT_EYE_LOWER,
+)  # fmt: skip
+
+
+def _warp_mesh(points_px: np.ndarray) -> np.ndarray:
+    """Triangles (T, 3) over the control points: constrained Delaunay keeping MESH_CONTOURS.
+
+    Iris outlines are left out: they often poke under the lids and would fold on a blink."""
+    import triangle
+
+    control = np.setdiff1d(np.arange(len(points_px)), np.concatenate(topo.IRIS_RINGS))
+    local = {int(i): k for k, i in enumerate(control)}
+    segments = [
+        (local[a], local[b])
+        for contour in MESH_CONTOURS
+        for a, b in zip(contour[:-1], contour[1:], strict=True)
+    ]
+    mesh = triangle.triangulate(
+        {"vertices": points_px[control].astype(np.float64), "segments": np.array(segments)}, "pcQ"
+    )
+    if len(mesh["vertices"]) != len(control):
+        # Crossing contours (a bad landmark fit) would need new vertices: drop the constraints.
+        log.warning("lip/eye contours cross in this portrait: warp mesh without constraints")
+        mesh = triangle.triangulate({"vertices": points_px[control].astype(np.float64)}, "Q")
+    return control[mesh["triangles"]]
+
+
+def _barycentric(points: np.ndarray, triangles: np.ndarray, queries: np.ndarray):
+    """(index (Q, 3), weights (Q, 3)) of the triangle holding each query point."""
+    from matplotlib.tri import Triangulation
+
+    tri = Triangulation(points[:, 0], points[:, 1], triangles)
+    inside = tri.get_trifinder()(queries[:, 0], queries[:, 1])
+    if (inside < 0).any():  # on the hull's very edge: nudge towards the centre
+        centre = points.mean(0)
+        nudged = queries + (centre - queries) * 1e-6
+        inside = np.where(inside < 0, tri.get_trifinder()(nudged[:, 0], nudged[:, 1]), inside)
+    if (inside < 0).any():
+        raise ValueError(f"{int((inside < 0).sum())} warp grid points lie outside the mesh")
+    corners = points[triangles[inside]]  # (Q, 3, 2)
+    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
+    v0, v1, v2 = b - a, c - a, queries - a
+    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    den = np.where(np.abs(den) < 1e-12, 1e-12, den)
+    wb = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
+    wc = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
+    weights = np.c_[1.0 - wb - wc, wb, wc].clip(0.0, 1.0)
+    weights /= weights.sum(1, keepdims=True)
+    return triangles[inside], weights
 
 
 def _fill_lip_gap(image: np.ndarray, landmarks_px: np.ndarray) -> np.ndarray:
