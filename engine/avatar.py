@@ -86,9 +86,9 @@ def load_avatar(
             avatar = read_avatar_file(cache)
             log.info("loaded avatar %s", cache)
             return avatar
-        except (OSError, ValueError, KeyError) as err:
+        except Exception as err:  # truncated zip, wrong keys, bad format: rebuild it
             log.warning("avatar file %s is unreadable (%s): rebuilding it", cache, err)
-    avatar = build_avatar(data, size=size)
+    avatar = build_avatar(image_path, size=size)  # the path, so errors name the file
     avatar.source = str(image_path)
     try:
         write_avatar_file(avatar, cache)
