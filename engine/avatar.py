@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def load_avatar(
             avatar = read_avatar_file(cache)
             log.info("loaded avatar %s", cache)
             return avatar
-        except Exception as err:  # truncated zip, wrong keys, bad format: rebuild it
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             log.warning("avatar file %s is unreadable (%s): rebuilding it", cache, err)
     avatar = build_avatar(image_path, size=size)  # the path, so errors name the file
     avatar.source = str(image_path)

@@ -4,8 +4,8 @@ Per frame:
 1. the face rig deforms the control points (`engine.face_rig.deform`) and the head pose
    projects them to image pixels (`project`);
 2. their displacements are interpolated over a coarse grid (barycentric weights on a
-   Delaunay triangulation of the rest positions, precomputed per portrait): the *forward*
-   warp, rest -> posed;
+   constrained Delaunay mesh of the rest positions that keeps lip and eye contours,
+   precomputed per portrait): the *forward* warp, rest -> posed;
 3. the forward warp is inverted by fixed-point iteration, b(x) = -f(x + b(x)), which
    converges wherever the warp is a smooth bijection (|grad f| < 1), so every output pixel
    knows where to sample the portrait: one `grid_sample` at full resolution;
