@@ -6,7 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo lint bench clean
 
+# Debian packages the project runs: espeak-ng (speech synthesis for the training corpus).
+SYSTEM_PACKAGES := espeak-ng libespeak-ng1
+
 $(STAMP): pyproject.toml Makefile
+	@dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES); }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch lies on these machines as a file; any other spec pulls CUDA.
