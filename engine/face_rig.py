@@ -18,8 +18,9 @@ and the head pose rotates V about the neck pivot, weighted per point so the body
 
 from __future__ import annotations
 
+import itertools
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ class FaceRig:
     order_lower: np.ndarray  # (K,) int64: ... this one (lids, lips)
     origin_px: np.ndarray  # (2,) face-frame origin in image pixels
     axes_px: np.ndarray  # (2, 2) face-frame unit x and y axes in image pixels (rows)
+    triangles: np.ndarray  # (T, 3) int64: the warp mesh over the points (see rig_mesh)
     num_landmarks: int = topo.NUM_LANDMARKS
 
     @property
@@ -526,7 +528,7 @@ def build_rig(landmarks_px: np.ndarray, image_size: int) -> FaceRig:
     pairs_a = np.asarray(pairs, dtype=np.int64)
 
     f32 = np.float32
-    return FaceRig(
+    rig = FaceRig(
         points0=points.astype(f32),
         rest=rest.astype(f32),
         basis=basis.astype(f32),
@@ -538,7 +540,218 @@ def build_rig(landmarks_px: np.ndarray, image_size: int) -> FaceRig:
         order_lower=pairs_a[:, 1],
         origin_px=origin.astype(f32),
         axes_px=(axes * iod).astype(f32),
+        # On the very pixel positions the renderer interpolates over (float32, as it has
+        # them): a mesh of slightly different coordinates may hold slivers that flip.
+        triangles=rig_mesh(
+            origin.astype(f32) + points[:, :2].astype(f32) @ (axes * iod).astype(f32)
+        ).astype(np.int64),
     )
+    return remove_folds(rig)
+
+
+# --------------------------------------------------------------------------------------
+# The mesh and fold removal
+# --------------------------------------------------------------------------------------
+
+# Contours the warp mesh must keep as edges: a triangle across the lips or the lids would
+# fold as soon as they move apart.
+MESH_CONTOURS = (
+    topo.LIP_INNER_UPPER, topo.LIP_INNER_LOWER, topo.LIP_OUTER_UPPER, topo.LIP_OUTER_LOWER,
+    topo.RIGHT_EYE_UPPER, topo.RIGHT_EYE_LOWER, topo.LEFT_EYE_UPPER, topo.LEFT_EYE_LOWER,
+)  # fmt: skip
+
+
+def rig_mesh(points_xy: np.ndarray) -> np.ndarray:
+    """Triangles (T, 3) over the control points: constrained Delaunay keeping MESH_CONTOURS.
+
+    The renderer interpolates the warp on these triangles; the rig keeps them from folding.
+    Pass pixel positions: the static points on the image border are exactly collinear
+    there (in the rotated face frame they are not quite, and slivers appear).
+
+    Iris outlines are left out: they often poke under the lids and would fold on a blink.
+    Where a landmark fit makes two contours cross (the outer and inner lip at a corner, say),
+    the later contour's crossing segment is dropped: a constrained mesh needs no new
+    vertices, and the earlier contours (inner lips first) matter most."""
+    import triangle
+
+    control = np.setdiff1d(np.arange(len(points_xy)), np.concatenate(topo.IRIS_RINGS))
+    local = {int(i): k for k, i in enumerate(control)}
+    segments: list[tuple[int, int]] = []
+    for contour in MESH_CONTOURS:
+        for a, b in zip(contour[:-1], contour[1:], strict=True):
+            if not any(_segments_cross(points_xy, (a, b), kept) for kept in segments):
+                segments.append((a, b))
+    dropped = sum(len(c) - 1 for c in MESH_CONTOURS) - len(segments)
+    if dropped:
+        log.info("warp mesh: %d contour segments cross earlier ones and are left free", dropped)
+    vertices = points_xy[control].astype(np.float64)
+    local_segments = np.array([(local[a], local[b]) for a, b in segments])
+    mesh = triangle.triangulate({"vertices": vertices, "segments": local_segments}, "pcQ")
+    if len(mesh["vertices"]) != len(control):
+        # A landmark lying on a contour would need a new vertex: drop the constraints.
+        log.warning("lip/eye contours touch in this portrait: warp mesh without constraints")
+        mesh = triangle.triangulate({"vertices": vertices}, "Q")
+    return control[mesh["triangles"]]
+
+
+def _segments_cross(points: np.ndarray, s: tuple[int, int], t: tuple[int, int]) -> bool:
+    """Whether two segments between landmarks cross at a point inside both (not at an end)."""
+    if set(s) & set(t):
+        return False
+    p, r = points[s[0]], points[s[1]] - points[s[0]]
+    q, u = points[t[0]], points[t[1]] - points[t[0]]
+    den = r[0] * u[1] - r[1] * u[0]
+    if abs(den) < 1e-12:
+        return False
+    w = q - p
+    a = (w[0] * u[1] - w[1] * u[0]) / den
+    b = (w[0] * r[1] - w[1] * r[0]) / den
+    return bool(0.0 < a < 1.0 and 0.0 < b < 1.0)
+
+
+# Head rotations the rig must survive without a fold: 20 degrees in any direction.
+_DIAGONAL = 0.247  # pitch and yaw together: a 20-degree turn
+FOLD_FREE_POSES = (
+    (0.35, 0.0), (-0.35, 0.0), (0.0, 0.35), (0.0, -0.35),
+    (_DIAGONAL, _DIAGONAL), (_DIAGONAL, -_DIAGONAL),
+    (-_DIAGONAL, _DIAGONAL), (-_DIAGONAL, -_DIAGONAL),
+)  # fmt: skip
+TURNING_SHAPES = (
+    "jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "mouthFunnel", "mouthPucker",
+    "mouthSmileLeft", "mouthSmileRight",
+)  # fmt: skip
+# A blendshape may squeeze a triangle to this share of its rest area, not below; a rotation
+# may foreshorten one to nothing (the side of the nose turning away) but not flip it.
+MIN_AREA_RATIO = 0.05
+
+
+def collapsible_triangles(triangles: np.ndarray) -> np.ndarray:
+    """(T,) bool: triangles with every corner on one opening (the lips' or an eye's inner
+    contour). Those close up by design when the mouth or an eye shuts; the renderer's layers
+    cover them."""
+    iris = set(topo.IRIS_CENTERS)  # inside the eye opening: a closing lid passes over it
+    openings = [
+        set(topo.LIP_INNER_UPPER) | set(topo.LIP_INNER_LOWER),
+        set(topo.RIGHT_EYE_UPPER) | set(topo.RIGHT_EYE_LOWER) | iris,
+        set(topo.LEFT_EYE_UPPER) | set(topo.LEFT_EYE_LOWER) | iris,
+    ]
+    return np.array([any(set(t) <= o for o in openings) for t in triangles.tolist()])
+
+
+def sliver_triangles(points_px: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """(T,) bool: triangles smaller than one pixel. Where contours nearly touch (a mouth
+    corner) or points are collinear (the image border), the mesh has slivers that cover no
+    picture: whether one flips cannot be seen, and relaxing them would fight over nothing."""
+    return np.abs(signed_areas(points_px, triangles)) < 1.0
+
+
+def signed_areas(points_xy: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Signed areas (..., T) of triangles over points (..., N, 2)."""
+    a, b, c = (points_xy[..., triangles[:, k], :] for k in range(3))
+    ab, ac = b - a, c - a
+    return 0.5 * (ab[..., 0] * ac[..., 1] - ab[..., 1] * ac[..., 0])
+
+
+def _folded(
+    points_xy: np.ndarray, triangles: np.ndarray, area0: np.ndarray, min_ratio: float
+) -> np.ndarray:
+    """Indices of triangles that shrank below ``min_ratio`` of their rest area (or flipped)."""
+    return np.nonzero(signed_areas(points_xy, triangles) / area0 < min_ratio)[0]
+
+
+def _toward_triangle_means(values: np.ndarray, triangles: np.ndarray, rate: float) -> np.ndarray:
+    """Correction (N, C) moving each corner of the given triangles towards its triangle's mean
+    value: a triangle whose corners move alike cannot fold."""
+    corner = values[triangles]  # (T, 3, C)
+    pull = (corner.mean(1, keepdims=True) - corner) * rate
+    total = np.zeros_like(values)
+    count = np.zeros(len(values))
+    np.add.at(total, triangles.ravel(), pull.reshape(-1, values.shape[1]))
+    np.add.at(count, triangles.ravel(), 1.0)
+    return total / np.maximum(count, 1.0)[:, None]
+
+
+def remove_folds(rig: FaceRig, max_iterations: int = 60) -> FaceRig:
+    """Smooth the rig where it would fold: at rest, for every blendshape at 1, and for head
+    rotations in FOLD_FREE_POSES.
+
+    A fold (a triangle of the warp mesh turning over) makes the warp non-invertible: the
+    picture would tear or show a mirrored patch. Displacement fields are sculpted with
+    Gaussian falloffs, which can move a point past its neighbour near a contour; depth is
+    steep at the nostrils, so a rotation can do the same. Each fold is relaxed where it
+    happens: the displacements (or depths) of the folded triangle's corners are pulled
+    towards their mean until no triangle folds. Background points never move."""
+    tri = rig.triangles
+    xy0 = rig.points0[:, :2].astype(np.float64)
+    px0 = rig.origin_px + xy0 @ rig.axes_px
+    tri = tri[~collapsible_triangles(tri) & ~sliver_triangles(px0, tri)]
+    area0 = signed_areas(xy0, tri)
+    movable = rig.head_weight > 0
+    rest, basis, points0 = rig.rest.copy(), rig.basis.copy(), rig.points0.copy()
+
+    def deformed_xy(weights: np.ndarray) -> np.ndarray:
+        tensors = replace(rig, rest=rest, basis=basis, points0=points0).tensors()
+        with torch.no_grad():
+            v = deform(torch.from_numpy(weights[None].astype(np.float32)), tensors)
+        return v[0, :, :2].double().numpy()
+
+    def relax(field: np.ndarray, weights: np.ndarray, label: str, min_ratio: float) -> None:
+        for _ in range(max_iterations):
+            xy = deformed_xy(weights)
+            bad = _folded(xy, tri, area0, min_ratio)
+            if len(bad) == 0:
+                return
+            step = _toward_triangle_means(xy - xy0, tri[bad], 0.5)
+            field[movable, :2] += step[movable]
+        log.warning(
+            "rig: %s still folds %d triangles",
+            label,
+            len(_folded(deformed_xy(weights), tri, area0, min_ratio)),
+        )
+
+    def relax_blendshapes() -> None:
+        for name, b in BLENDSHAPE_INDEX.items():
+            weights = np.zeros(NUM_BLENDSHAPES)
+            weights[b] = 1.0
+            relax(basis[b], weights, name, MIN_AREA_RATIO)
+
+    # At rest no triangle may be nearly flat: a head rotation would flip it.
+    relax(rest, np.zeros(NUM_BLENDSHAPES), "rest", 0.3)
+    relax_blendshapes()
+
+    # Rotations: relax depth, and the rest positions where depth is not the cause. Relaxing
+    # for one pose can undo another, so go round them all until none folds.
+    # The shapes that move most are checked under every turn too; a fold there relaxes the
+    # shape's own field.
+    for _ in range(max_iterations):
+        folds = 0
+        for (pitch, yaw), shape in itertools.product(FOLD_FREE_POSES, (None, *TURNING_SHAPES)):
+            weights = np.zeros(NUM_BLENDSHAPES)
+            if shape is not None:
+                weights[BLENDSHAPE_INDEX[shape]] = 1.0
+            pose = torch.tensor([[pitch, yaw, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float32)
+            tensors = replace(rig, rest=rest, basis=basis, points0=points0).tensors()
+            with torch.no_grad():
+                v = deform(torch.from_numpy(weights[None].astype(np.float32)), tensors)
+                px = project(v, pose, tensors)[0].double().numpy()
+            xy = (px - rig.origin_px) @ np.linalg.inv(rig.axes_px)
+            bad = _folded(xy, tri, area0, 0.0)
+            folds += len(bad)
+            if len(bad) == 0:
+                continue
+            # Steep depth flips a triangle under rotation; a triangle squeezed flat at rest
+            # (a mouth corner closing a photo's open lips) needs room too.
+            step = _toward_triangle_means(points0[:, 2:3].astype(np.float64), tri[bad], 0.5)
+            points0[movable, 2] += step[movable, 0]
+            field = rest if shape is None else basis[BLENDSHAPE_INDEX[shape]]
+            step = _toward_triangle_means(deformed_xy(weights) - xy0, tri[bad], 0.25)
+            field[movable, :2] += step[movable]
+        if folds == 0:
+            break
+    else:
+        log.warning("rig: head rotations still fold %d triangles", folds)
+    relax_blendshapes()  # again: the rotations may have moved the rest positions
+    return replace(rig, rest=rest, basis=basis, points0=points0)
 
 
 # --------------------------------------------------------------------------------------

@@ -31,7 +31,15 @@ from torch import nn
 
 from engine import face_topology as topo
 from engine.blendshapes import BLENDSHAPE_INDEX, NUM_BLENDSHAPES
-from engine.face_rig import HINGE, JAW_MAX_ANGLE, PIVOT, FaceRig, deform, project, rotation_matrix
+from engine.face_rig import (
+    HINGE,
+    JAW_MAX_ANGLE,
+    PIVOT,
+    FaceRig,
+    deform,
+    project,
+    rotation_matrix,
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +48,15 @@ RIG_INPUT_NAMES = (
     "points0", "rest", "basis", "jaw_weight", "close_lower", "close_upper", "head_weight",
     "order_upper", "order_lower", "origin_px", "axes_px",
 )  # fmt: skip
-WARP_INPUT_NAMES = ("image", "points0_px", "tri_index", "tri_bary", "mouth_geometry", "palette")
+WARP_INPUT_NAMES = (
+    "image", "points0_px", "tri_index", "tri_bary", "mouth_geometry", "eye_geometry", "palette",
+)  # fmt: skip
 RENDER_INPUT_NAMES = RIG_INPUT_NAMES + WARP_INPUT_NAMES
 
-PATCH_EXTENT = (-0.8, 0.8, -0.45, 1.15)  # mouth patch, face-frame units around the seam centre
+# Layer patches, in face-frame units (x0, x1, y0, y1) around their centres: the mouth's around
+# the rest seam centre, the eyelids' around the midpoint of the four eye corners.
+MOUTH_EXTENT = (-0.8, 0.8, -0.45, 1.15)
+EYES_EXTENT = (-0.95, 0.95, -0.4, 0.2)
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,13 @@ class RendererConfig:
         """Resolution of the mouth patch: about one patch pixel per output pixel."""
         return self.size // 3
 
+    @property
+    def eye_rows(self) -> int:
+        """Rows of the eyelid patch (its columns are `patch`): the same density as the mouth."""
+        x0, x1, y0, y1 = MOUTH_EXTENT
+        e0, e1, f0, f1 = EYES_EXTENT
+        return round(self.patch * (f1 - f0) / (y1 - y0))
+
 
 def precompute(rig: FaceRig, image: np.ndarray, config: RendererConfig) -> dict[str, np.ndarray]:
     """Per-portrait arrays of the renderer (everything but the rig's own)."""
@@ -71,7 +91,7 @@ def precompute(rig: FaceRig, image: np.ndarray, config: RendererConfig) -> dict[
     g = config.grid
     coords = np.linspace(0.0, size - 1.0, g)
     gx, gy = np.meshgrid(coords, coords)
-    tri_index, bary = _barycentric(points_px, _warp_mesh(points_px), np.c_[gx.ravel(), gy.ravel()])
+    tri_index, bary = _barycentric(points_px, rig.triangles, np.c_[gx.ravel(), gy.ravel()])
 
     # Mouth geometry in the face frame: seam centre, half width, depth of the teeth.
     p = rig.points0 + rig.rest
@@ -79,6 +99,18 @@ def precompute(rig: FaceRig, image: np.ndarray, config: RendererConfig) -> dict[
     half_width = np.linalg.norm(p[topo.MOUTH_CORNER_LEFT, :2] - p[topo.MOUTH_CORNER_RIGHT, :2]) / 2
     seam_c = seam[len(seam) // 2]
     geometry = np.array([seam_c[0], seam_c[1], seam_c[2] + 0.12, half_width], dtype=np.float32)
+
+    # Eyelid geometry: centre of the eye corners, the lids' depth, and the band of lid skin
+    # above the lash line that a blink stretches down over the eye.
+    eyes_upper = list(topo.RIGHT_EYE_UPPER) + list(topo.LEFT_EYE_UPPER)
+    eyes_lower = list(topo.RIGHT_EYE_LOWER) + list(topo.LEFT_EYE_LOWER)
+    corners = p[[topo.RIGHT_EYE_UPPER[0], topo.RIGHT_EYE_UPPER[-1],
+                 topo.LEFT_EYE_UPPER[0], topo.LEFT_EYE_UPPER[-1]]]  # fmt: skip
+    opening = float(np.max(p[eyes_lower, 1] - p[eyes_upper, 1]))
+    eye_geometry = np.array(
+        [corners[:, 0].mean(), corners[:, 1].mean(), p[eyes_upper, 2].mean(), 1.3 * opening],
+        dtype=np.float32,
+    )
 
     # Palette from the portrait's lips: the cavity and tongue take their hue.
     lip_px = rig.origin_px + p[list(topo.LIP_OUTER_LOWER[2:-2]), :2] @ rig.axes_px
@@ -97,39 +129,9 @@ def precompute(rig: FaceRig, image: np.ndarray, config: RendererConfig) -> dict[
         "tri_index": tri_index.astype(np.int64),
         "tri_bary": bary.astype(np.float32),
         "mouth_geometry": geometry,
+        "eye_geometry": eye_geometry,
         "palette": palette,
     }
-
-
-# Contours the warp mesh must keep as edges: a triangle across the lips or the lids would
-# fold as soon as they move apart.
-MESH_CONTOURS = (
-    topo.LIP_INNER_UPPER, topo.LIP_INNER_LOWER, topo.LIP_OUTER_UPPER, topo.LIP_OUTER_LOWER,
-    topo.RIGHT_EYE_UPPER, topo.RIGHT_EYE_LOWER, topo.LEFT_EYE_UPPER, topo.LEFT_EYE_LOWER,
-)  # fmt: skip
-
-
-def _warp_mesh(points_px: np.ndarray) -> np.ndarray:
-    """Triangles (T, 3) over the control points: constrained Delaunay keeping MESH_CONTOURS.
-
-    Iris outlines are left out: they often poke under the lids and would fold on a blink."""
-    import triangle
-
-    control = np.setdiff1d(np.arange(len(points_px)), np.concatenate(topo.IRIS_RINGS))
-    local = {int(i): k for k, i in enumerate(control)}
-    segments = [
-        (local[a], local[b])
-        for contour in MESH_CONTOURS
-        for a, b in zip(contour[:-1], contour[1:], strict=True)
-    ]
-    mesh = triangle.triangulate(
-        {"vertices": points_px[control].astype(np.float64), "segments": np.array(segments)}, "pcQ"
-    )
-    if len(mesh["vertices"]) != len(control):
-        # Crossing contours (a bad landmark fit) would need new vertices: drop the constraints.
-        log.warning("lip/eye contours cross in this portrait: warp mesh without constraints")
-        mesh = triangle.triangulate({"vertices": points_px[control].astype(np.float64)}, "Q")
-    return control[mesh["triangles"]]
 
 
 def _barycentric(points: np.ndarray, triangles: np.ndarray, queries: np.ndarray):
@@ -214,11 +216,20 @@ class Renderer(nn.Module):
         )
         px = torch.arange(size, dtype=torch.float32)
         self.register_buffer("out_px", torch.stack(torch.meshgrid(px, px, indexing="xy"), -1))
-        x0, x1, y0, y1 = PATCH_EXTENT
+        x0, x1, y0, y1 = MOUTH_EXTENT
         self.register_buffer("patch_x", torch.linspace(x0, x1, p))
         self.register_buffer("patch_y", torch.linspace(y0, y1, p))
+        x0, x1, y0, y1 = EYES_EXTENT
+        self.register_buffer("eye_x", torch.linspace(x0, x1, p))
+        self.register_buffer("eye_y", torch.linspace(y0, y1, self.config.eye_rows))
         self.register_buffer("lip_upper", torch.tensor(topo.LIP_INNER_UPPER, dtype=torch.int64))
         self.register_buffer("lip_lower", torch.tensor(topo.LIP_INNER_LOWER, dtype=torch.int64))
+        for side in ("RIGHT", "LEFT"):
+            for lid in ("UPPER", "LOWER"):
+                contour = getattr(topo, f"{side}_EYE_{lid}")
+                self.register_buffer(
+                    f"{side.lower()}_{lid.lower()}", torch.tensor(contour, dtype=torch.int64)
+                )
 
     def forward(self, motion: torch.Tensor, *avatar: torch.Tensor) -> torch.Tensor:
         inputs = dict(zip(RENDER_INPUT_NAMES, avatar, strict=True))
@@ -226,8 +237,10 @@ class Renderer(nn.Module):
         points = deform(weights, inputs)  # (B, N, 3) face frame
         posed_px = project(points, pose, inputs)  # (B, N, 2) image pixels
         face = self._warp_portrait(posed_px - inputs["points0_px"], inputs)
-        mouth_rgb, mouth_alpha = self._mouth(weights, points, pose, inputs)
-        return face * (1.0 - mouth_alpha) + mouth_rgb
+        mouth = self._mouth(weights, points, inputs)
+        lids = self._eyelids(points, inputs)
+        layer = self._layers_to_pixels(mouth, lids, pose, inputs)
+        return face * (1.0 - layer[:, 3:4]) + layer[:, :3]
 
     # ---- the warp ------------------------------------------------------------------------
 
@@ -253,8 +266,8 @@ class Renderer(nn.Module):
 
     # ---- the mouth -------------------------------------------------------------------------
 
-    def _mouth(self, weights, points, pose, inputs):
-        """Premultiplied RGB and alpha of the mouth interior, in output pixels.
+    def _mouth(self, weights, points, inputs):
+        """Premultiplied RGB and alpha (B, 4, P, P) of the mouth interior, on its patch.
 
         Drawn on a patch in face-frame units around the rest seam centre: x across the
         mouth, y down; patch rows are y, columns x, so most terms are 1-D and broadcast."""
@@ -317,14 +330,106 @@ class Renderer(nn.Module):
             colour, teeth * (gaps * side_shade).unsqueeze(-1), upper_mask.unsqueeze(-1)
         )
         colour = colour * (occlusion * alpha).unsqueeze(-1)
-        patch = torch.cat([colour, alpha.unsqueeze(-1)], -1).permute(0, 3, 1, 2)
+        return torch.cat([colour, alpha.unsqueeze(-1)], -1).permute(0, 3, 1, 2)
 
-        sample_at = self._pixels_to_patch(pose, seam_x, seam_y, teeth_z, inputs)
-        layer = F.grid_sample(patch, sample_at, align_corners=True, padding_mode="zeros")
-        return layer[:, :3], layer[:, 3:4]
+    # ---- the eyelids -----------------------------------------------------------------------
 
-    def _pixels_to_patch(self, pose, seam_x, seam_y, plane_z, inputs):
-        """grid_sample coordinates into the mouth patch for every output pixel.
+    def _eyelids(self, points, inputs):
+        """Premultiplied RGB and alpha (B, 4, rows, P) of the upper lids, on the eye patch.
+
+        A lid that comes down stretches the band of skin above its lash line down to the
+        lid's new edge. The warp alone cannot show that on a blink: it squeezes the whole
+        eye opening into a line, and its inverse smears the iris over the lid; this layer
+        draws the stretched skin with a crisp lash line instead. At rest it is transparent."""
+        cx, cy, band = (
+            inputs["eye_geometry"][0],
+            inputs["eye_geometry"][1],
+            inputs["eye_geometry"][3],
+        )
+        x = self.eye_x.view(1, 1, -1)  # columns
+        y = self.eye_y.view(1, -1, 1)  # rows
+        centre = torch.stack([cx, cy])
+        rest = (inputs["points0"] + inputs["rest"])[:, :2].unsqueeze(0) - centre
+
+        def lid(pts, contour):  # height of a lid at every column, 0 beyond the eye corners
+            return contour_at(self.eye_x, pts[:, contour]).unsqueeze(1)  # (B, 1, P)
+
+        def inside_eye(pts, contour):  # 1 between the eye's corners, soft at the ends
+            xs = pts[:, contour, 0]
+            lo = torch.minimum(xs[:, :1], xs[:, -1:]).unsqueeze(-1)
+            hi = torch.maximum(xs[:, :1], xs[:, -1:]).unsqueeze(-1)
+            return _smoothstep(0.0, 0.04, x - lo) * _smoothstep(0.0, 0.04, hi - x)
+
+        moved = points[..., :2] - centre
+        top = lid(moved, self.right_upper) + lid(moved, self.left_upper)
+        top0 = lid(rest, self.right_upper) + lid(rest, self.left_upper)
+        within = inside_eye(rest, self.right_upper) + inside_eye(rest, self.left_upper)
+
+        descent = (top - top0).clamp(min=0.0)  # (B, 1, P): how far each lid came down
+        iod_px = inputs["axes_px"][0].norm()
+        edge = ((top - y) * iod_px + 0.5).clamp(0.0, 1.0)  # 1 above the lash line, 1 px soft
+
+        # Above the lash line: the band [crease, top0] of lid skin, stretched to [crease, top].
+        crease = top0 - band
+        src_upper = crease + (y - crease) * band / (band + descent)
+        alpha_upper = (
+            edge * _smoothstep(0.0, 0.5, (y - crease) / band) * _smoothstep(0.004, 0.03, descent)
+        )
+        # Below it, once the eye is nearly shut: the lower lid's skin, squeezed up to meet the
+        # upper lid (the warp would smear the squeezed iris there).
+        bottom0 = lid(rest, self.right_lower) + lid(rest, self.left_lower)
+        closure = descent / (bottom0 - top0).clamp(min=1e-3)
+        floor = bottom0 + 0.5 * band
+        src_lower = floor - (floor - y) * (floor - bottom0) / (floor - top).clamp(min=1e-3)
+        alpha_lower = (
+            (1.0 - edge)
+            * _smoothstep(0.0, 0.5, (floor - y) / (floor - bottom0))
+            * _smoothstep(0.55, 0.9, closure)
+        )
+        src_y = torch.where(y < top, src_upper, src_lower)
+        alpha = (alpha_upper + alpha_lower) * within
+
+        src = torch.stack([x.expand_as(src_y), src_y], -1) + centre  # (B, rows, P, 2) face
+        pixel = inputs["origin_px"] + src @ inputs["axes_px"]
+        size = self.config.size
+        image = inputs["image"].unsqueeze(0).expand(points.shape[0], -1, -1, -1)
+        skin = F.grid_sample(
+            image, pixel * (2.0 / (size - 1)) - 1.0, align_corners=True, padding_mode="border"
+        )
+        return torch.cat([skin * alpha.unsqueeze(1), alpha.unsqueeze(1)], 1)
+
+    # ---- layers to output pixels ---------------------------------------------------------
+
+    def _layers_to_pixels(self, mouth, lids, pose, inputs):
+        """Both layer patches, stacked into one atlas, sampled at every output pixel at once.
+
+        One full-resolution grid_sample instead of one per layer: each output pixel takes
+        its coordinates in the patch it falls in (the mouth's and the eyes' never overlap),
+        mapped to that patch's rows of the atlas; pixels in neither sample outside it (0)."""
+        geometry, eyes = inputs["mouth_geometry"], inputs["eye_geometry"]
+        at_mouth = self._pixels_to_patch(pose, geometry[0], geometry[1], geometry[2],
+                                         MOUTH_EXTENT, inputs)  # fmt: skip
+        at_eyes = self._pixels_to_patch(pose, eyes[0], eyes[1], eyes[2], EYES_EXTENT, inputs)
+        atlas = torch.cat([mouth, lids], 2)
+        rows_m, rows = mouth.shape[2], atlas.shape[2]
+
+        def to_atlas(at, first_row, num_rows):
+            row = first_row + (at[..., 1:] + 1.0) * (0.5 * (num_rows - 1))
+            return torch.cat([at[..., :1], row * (2.0 / (rows - 1)) - 1.0], -1)
+
+        def covers(at):
+            return (at.abs() <= 1.0).all(-1, keepdim=True)
+
+        outside = torch.full_like(at_mouth, -2.0)
+        sample_at = torch.where(
+            covers(at_eyes),
+            to_atlas(at_eyes, rows_m, lids.shape[2]),
+            torch.where(covers(at_mouth), to_atlas(at_mouth, 0, rows_m), outside),
+        )
+        return F.grid_sample(atlas, sample_at, align_corners=True, padding_mode="zeros")
+
+    def _pixels_to_patch(self, pose, centre_x, centre_y, plane_z, extent, inputs):
+        """grid_sample coordinates (B, H, W, 2) into a layer patch for every output pixel.
 
         A face point (x, y, plane_z) lands at pixel = origin + (A @ [x, y] + c) @ axes_px,
         where A and c come from the head pose (mouth points have head weight 1, as in
@@ -340,9 +445,9 @@ class Renderer(nn.Module):
             + pose[:, 3:5]
         )
         # Row vectors: xy = ((pixel - origin) @ axes^-1 - c) @ A^-T, then to patch [-1, 1].
-        x0, x1, y0, y1 = PATCH_EXTENT
+        x0, x1, y0, y1 = extent
         to_unit = torch.tensor([2.0 / (x1 - x0), 2.0 / (y1 - y0)], dtype=pose.dtype)
-        offset = torch.stack([-seam_x - x0, -seam_y - y0]) * to_unit - 1.0
+        offset = torch.stack([-centre_x - x0, -centre_y - y0]) * to_unit - 1.0
         m = _inverse_2x2(inputs["axes_px"]) @ _inverse_2x2(a).transpose(1, 2)  # (B, 2, 2)
         m = m * to_unit
         t = (
