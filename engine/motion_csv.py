@@ -343,9 +343,21 @@ def fps_from_timecodes(timecodes: Sequence[str]) -> float | None:
     same_second = [i for i in range(len(seconds) - 1) if seconds[i] == seconds[i + 1]]
     subs_ok = all(with_sub[i + 1] >= with_sub[i] for i in same_second)
     frames = with_sub if subs_ok else whole
-    answers = {_fps_for_rate(seconds, frames, rate) for rate in rates}
-    answers.discard(None)
-    return answers.pop() if len(answers) == 1 else None
+    answers = {rate: _fps_for_rate(seconds, frames, rate) for rate in rates}
+    consistent = {rate: fps for rate, fps in answers.items() if fps is not None}
+    if len(set(consistent.values())) > 1:
+        # A clip too short for the frame numbers to wrap fits several rates. If they reached
+        # the last frame number of the lowest consistent rate (FF = rate - 1), that rate's
+        # count was about to wrap; a higher rate would have stopped there only by chance.
+        rate = min(consistent)
+        if max_frame < rate - 1:
+            return None
+        logger.warning(
+            "Timecode: frame numbers up to %02d fit timecode rates %s; assuming %d, so %g fps",
+            max_frame, sorted(consistent), rate, consistent[rate],
+        )  # fmt: skip
+        return consistent[rate]
+    return next(iter(consistent.values()), None)
 
 
 def _timecode_rate(fps: float) -> int:

@@ -125,15 +125,7 @@ def test_animate_the_shipped_sample(tmp_path):
     ("rows", "expected"),
     [
         (60, 30),  # 1.2 s of timecode (crosses a second): unambiguously 50 fps
-        pytest.param(
-            50,
-            25,  # 1.0 s, all inside timecode second 0 (frame numbers 00..49)
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 2: fps from Timecode is None for clips of 1 s or less, "
-                "so no resampling",
-            ),
-        ),
+        (50, 25),  # 1.0 s, all inside timecode second 0: the lowest consistent rate, 50
     ],
 )
 def test_animate_resamples_a_50fps_recording_to_25fps(tmp_path, rows, expected):

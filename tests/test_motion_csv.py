@@ -254,5 +254,8 @@ def test_fps_from_timecodes_only_when_unambiguous():
     assert fps_from_timecodes(LLF_TIMECODES) == 60.0
     # Within one second the timecode's own rate (where FF wraps) is unknown.
     assert fps_from_timecodes(["10:00:00:01.000", "10:00:00:02.000", "10:00:00:03.000"]) is None
+    # ... unless the frame numbers reach the last one of the lowest rate that fits (49 for
+    # 50): that count was about to wrap, so the clip is taken as 50 fps.
+    assert fps_from_timecodes([f"10:00:00:{ff:02d}.000" for ff in range(50)]) == 50.0
     assert fps_from_timecodes(["1", "2", "3"]) is None
     assert fps_from_timecodes(["10:00:00:01.000"]) is None
