@@ -1,0 +1,1 @@
+"""Training data: the corpus format, the synthetic generator and real-video preparation."""
