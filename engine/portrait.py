@@ -454,6 +454,22 @@ def _fit_mesh(photo: Image.Image, face: _Face) -> np.ndarray | None:
     return landmarks
 
 
+# Registration's detector and mesh fit, for callers that track video frames
+# (engine.data.track): the same graphs, lock, crops and tiling, one frame at a time.
+
+
+def detect_faces(image: np.ndarray) -> list[_Face]:
+    """Faces in one (H, W, 3) uint8 RGB frame, boxes in its pixels, largest first."""
+    faces = _detect_faces(Image.fromarray(image))
+    return sorted(faces, key=lambda f: f.area, reverse=True)
+
+
+def fit_face_mesh(image: np.ndarray, face: _Face) -> np.ndarray | None:
+    """(478, 3) float64 landmarks in ``image`` pixels (z scaled like x) for the face in the
+    box ``face`` (from `detect_faces`), or None when no mesh fits there."""
+    return _fit_mesh(Image.fromarray(image), face)
+
+
 # --- framing and cropping -------------------------------------------------------------
 
 
