@@ -49,12 +49,33 @@ def animate(
     track = read_motion_csv(blendshapes)
     motion = resample_motion(track.frames, track.fps or fps, fps)
     samples = load_audio(audio, SAMPLE_RATE) if audio is not None else None
+    return render_motion_to_mp4(
+        motion, out, audio=samples, portrait=portrait, size=size, fps=fps, batch=batch,
+        progress=progress,
+    )  # fmt: skip
+
+
+def render_motion_to_mp4(
+    motion: np.ndarray,
+    out: str | Path,
+    audio: np.ndarray | None = None,
+    portrait: str | Path | None = None,
+    size: int = 256,
+    fps: float = FPS,
+    batch: int = 8,
+    progress: bool = True,
+) -> Path:
+    """Render motion frames (T, MOTION_DIM) on the portrait (default when None) to an MP4,
+    muxing ``audio`` (16 kHz mono float) when given."""
+    if size not in (256, 512):
+        raise ValueError(f"size must be 256 or 512, got {size}")
+    motion = np.ascontiguousarray(motion, dtype=np.float32)
     avatar = load_avatar(portrait, size=size)
     renderer = Renderer(RendererConfig(size=size)).eval()
     inputs = avatar.render_inputs()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     log.info("animating %d frames at %dx%d, %g fps", len(motion), size, size, fps)
-    with Mp4Writer(out, size, size, fps=fps, audio=samples, audio_rate=SAMPLE_RATE) as writer:
+    with Mp4Writer(out, size, size, fps=fps, audio=audio, audio_rate=SAMPLE_RATE) as writer:
         bar = tqdm(total=len(motion), unit="frame", disable=not progress, desc="animate")
         with torch.inference_mode():
             for start in range(0, len(motion), batch):
