@@ -1,0 +1,121 @@
+"""Lip refiner: re-predicts the mouth and jaw from the audio, keeping the emotion's mouth shape.
+
+Mouth dynamics are tied to the audio far more tightly than the rest of the face, and a diffusion
+sample spends part of its freedom there. The refiner reads, per frame, the audio feature (from
+EmoDiff's audio encoder), the *shape* of EmoDiff's mouth (its ``MOUTH_NAMES`` channels,
+normalised, through a causal mean over ``shape_frames`` = 9 frames) and the style vector, and
+predicts the mouth as that shape plus the articulation the audio calls for. The mean lets an
+emotion's mouth shape (a smile, a frown) through at the intensity EmoDiff chose, and stops
+EmoDiff's articulation, right or wrong or jittery, from reaching the output. The refiner does
+not read the rest of the face either, so it cannot re-derive a typical smile from the cheeks
+or the style instead of keeping the one it is given (the training adds random offsets to the
+target mouth shape to make the same point, `engine.training.lips.offset_mouth`).
+
+Every other channel (eyes, brows, cheeks, nose, head pose) is passed through *bit for bit*: the
+output is ``motion * keep + mouth @ scatter`` with 0/1 matrices, in raw units, so no
+normalisation round trip touches them.
+
+Temporal context comes from causal dilated convolutions: output frame i depends on frames
+i - 32 .. i of the features and the mouth (``receptive_field`` = 33), and the features already
+look 2 frames ahead in the audio. So refining H new frames together with the
+``receptive_field - 1`` frames before them gives exactly what refining the whole utterance
+gives: streaming and offline agree, and the refiner adds no latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.blendshapes import MOTION_DIM, MOTION_INDEX, MOUTH_NAMES
+from engine.motion_norm import ChannelNorm
+
+MOUTH_INDICES: tuple[int, ...] = tuple(MOTION_INDEX[n] for n in MOUTH_NAMES)
+
+
+@dataclass
+class LipRefinerConfig:
+    audio_dim: int = 128  # EmoDiff's audio feature size
+    style_dim: int = 128  # EmoDiff's style vector size
+    dim: int = 128
+    num_blocks: int = 4
+    kernel: int = 5
+    # EmoDiff's mouth is read through a causal mean over this many frames: its shape (the
+    # emotion's smile or frown) gets through, its articulation (and any jitter) does not
+    shape_frames: int = 9
+
+    @property
+    def receptive_field(self) -> int:
+        """Frames (the current one included) that one output frame depends on."""
+        convs = sum((self.kernel - 1) * (1 + i % 2) for i in range(self.num_blocks))
+        return 1 + convs + self.shape_frames - 1
+
+
+class RefinerBlock(nn.Module):
+    """Pre-norm residual block: LayerNorm -> causal dilated conv -> GELU -> 1x1 conv."""
+
+    def __init__(self, dim: int, kernel: int, dilation: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.past = dilation * (kernel - 1)
+        self.conv = nn.Conv1d(dim, dim, kernel, dilation=dilation)
+        self.proj = nn.Conv1d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C)
+        # causal: frame i reads frames i - past .. i; before the first frame, the first frame
+        h = F.pad(self.norm(x).transpose(1, 2), (self.past, 0), mode="replicate")
+        return x + self.proj(F.gelu(self.conv(h))).transpose(1, 2)
+
+
+class LipRefiner(nn.Module):
+    """(audio feats (B,T,A), motion (B,T,MOTION_DIM) raw, style (B,S)) -> motion, mouth redone."""
+
+    def __init__(self, cfg: LipRefinerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.motion_norm = ChannelNorm(MOTION_DIM)
+        self.inp = nn.Linear(cfg.audio_dim + len(MOUTH_INDICES), cfg.dim)
+        self.style_in = nn.Linear(cfg.style_dim, cfg.dim)
+        # dilations 1, 2, 1, 2...: 24 frames of past context with kernel 5 and four blocks,
+        # 8 more for the shape mean
+        self.blocks = nn.ModuleList(
+            RefinerBlock(cfg.dim, cfg.kernel, 1 + i % 2) for i in range(cfg.num_blocks)
+        )
+        self.out_norm = nn.LayerNorm(cfg.dim)
+        self.out = nn.Linear(cfg.dim, len(MOUTH_INDICES))
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        scatter = torch.zeros(len(MOUTH_INDICES), MOTION_DIM)
+        scatter[torch.arange(len(MOUTH_INDICES)), torch.tensor(MOUTH_INDICES)] = 1.0
+        keep = torch.ones(MOTION_DIM)
+        keep[list(MOUTH_INDICES)] = 0.0
+        self.register_buffer("scatter", scatter, persistent=False)
+        self.register_buffer("keep", keep, persistent=False)
+        self.register_buffer("mouth_index", torch.tensor(MOUTH_INDICES), persistent=False)
+
+    def predict_mouth(
+        self, feats: torch.Tensor, motion: torch.Tensor, style: torch.Tensor
+    ) -> torch.Tensor:
+        """Normalised mouth channels (B, T, len(MOUTH_NAMES)): what training compares."""
+        mouth = self.motion_norm.normalize(motion)[..., self.mouth_index]
+        k = self.cfg.shape_frames
+        padded = F.pad(mouth.transpose(1, 2), (k - 1, 0), mode="replicate")
+        shape = F.avg_pool1d(padded, k, stride=1).transpose(1, 2)  # causal mean
+        h = self.inp(torch.cat([feats, shape], dim=-1)) + self.style_in(style)[:, None]
+        for block in self.blocks:
+            h = block(h)
+        # the articulation on top of EmoDiff's mouth shape: at initialisation the refiner
+        # returns the shape, and it learns to add what the audio says, not to re-decide the
+        # expression
+        return shape + self.out(self.out_norm(h))
+
+    def forward(
+        self, feats: torch.Tensor, motion: torch.Tensor, style: torch.Tensor
+    ) -> torch.Tensor:
+        mouth = self.predict_mouth(feats, motion, style)
+        mean = self.motion_norm.mean[self.mouth_index]
+        std = self.motion_norm.std[self.mouth_index]
+        return motion * self.keep + (mouth * std + mean) @ self.scatter

@@ -1,0 +1,380 @@
+"""Inference API over the trained networks: audio features, style, EmoDiff windows, lip refinement.
+
+`MotionModels` is what the streaming engine, `dreamtalk render` and `dreamtalk eval` call. All
+motion in and out of it is *raw* (ARKit weights in [0, 1], pose in radians / face units), shape
+(B, frames, MOTION_DIM); normalisation is internal.
+
+Timing constants (video frames of 40 ms):
+
+- ``lookahead`` = AUDIO_LOOKAHEAD_FRAMES = 2: the audio feature of frame i needs the audio of
+  frames up to i + 2 (80 ms, plus the mel window's 7.5 ms); ``left_context`` = 14 frames of past
+  mel (silence at a session's start). `encode_audio` maps a mel span of
+  ``4 (left_context + n + lookahead)`` rows to ``n`` features.
+- ``seq_len`` = K + W = 8 + 8: one EmoDiff call denoises 16 frames. The first ``n_known``
+  frames are given (initial state: frames already emitted), the rest are generated.
+
+- ``refiner_context`` = 32: the lip refiner is causal; refining H new frames of EmoDiff's
+  (unrefined) motion together with the 32 frames before them gives exactly the offline result.
+
+The live loop this is built for (hop H = 2 frames, 80 ms)::
+
+    every H new frames of audio (plus the look-ahead):
+        feats += encode_audio(mel of the last left_context + H + lookahead frames)  # H new
+        known  = the last 14 emitted frames (fewer at a session's start, down to none)
+        window = sample_window(feats[-16:], style, known, steps=4)   # (1, 16, 58)
+        raw   += window[:, -H:]                                      # EmoDiff's new frames
+        out    = refine_lips(feats[-32 - H:], raw[-32 - H:], style)[:, -H:]
+        emit out (and append it to the emitted frames)
+
+The window overlaps the previous one by 14 frames, which are given as initial state rather than
+regenerated, so the new frames continue the emitted ones without a seam (what a crossfade over
+the overlap would otherwise have to hide). The model was trained for every known count from 0
+to 15. Waiting: (H + lookahead) x 40 ms = 160 ms, plus the mel window's 7.5 ms, plus compute
+(one encoder call, 4 student calls, one refiner call: ~4 ms in PyTorch, ~1.5 ms in ONNX Runtime
+on one core). Offline generation (`generate`) uses the same calls with K = 8 known frames and
+W = 8 new ones per window, then refines the whole utterance at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.blendshapes import MOTION_DIM, NUM_BLENDSHAPES
+from engine.checkpoint import load_model
+from engine.diffusion import Denoiser, sample_ddim, sample_student, x_from_v
+from engine.emotions import check_intensity, emotion_index
+from engine.features import MELS_PER_FRAME
+from engine.models import EmoDiff, LipRefiner, LSTMBaseline, pad_mel
+from engine.models.audio_encoder import SILENCE_LOG_MEL
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_FILES = {
+    "emodiff": "emodiff_student.pt",  # distilled, few-step, guidance built in
+    "teacher": "emodiff.pt",  # the full sampler (64-step DDIM with two calls per step)
+    "refiner": "lips.pt",
+    "lstm": "lstm.pt",
+}
+DEFAULT_GUIDANCE = 2.0
+FULL_SAMPLER_STEPS = 64
+
+
+def guided_x(
+    model: EmoDiff,
+    z: torch.Tensor,
+    t: torch.Tensor,
+    known: torch.Tensor,
+    known_mask: torch.Tensor,
+    feats: torch.Tensor,
+    style: torch.Tensor,
+    guidance: torch.Tensor,
+) -> torch.Tensor:
+    """Guided clean estimate x_w, normalised units, for a guidance scale per sequence (B,).
+
+    A teacher applies classifier-free guidance with two predictions (style and null style,
+    batched into one call of twice the batch). A student distilled with guidance reads the
+    scale as an input: one call of the batch itself."""
+    if model.cfg.guidance_embed:
+        return x_from_v(z, t, model(z, t, known, known_mask, feats, style, guidance))
+    b = z.shape[0]
+    two = (
+        torch.cat([z, z]),
+        torch.cat([t, t]),
+        torch.cat([known, known]),
+        torch.cat([known_mask, known_mask]),
+        torch.cat([feats, feats]),
+    )
+    v = model(*two, torch.cat([style, model.style.null(b)]))
+    x_cond, x_uncond = x_from_v(two[0], two[1], v).chunk(2)
+    return x_uncond + guidance[:, None, None] * (x_cond - x_uncond)
+
+
+def emodiff_denoiser(
+    model: EmoDiff,
+    feats: torch.Tensor,
+    known: torch.Tensor,
+    known_mask: torch.Tensor,
+    style: torch.Tensor,
+    guidance: float,
+) -> Denoiser:
+    """D(z, t) -> x_hat for one EmoDiff, normalised units, known frames put back.
+
+    Guidance as in `guided_x`; a teacher at scale 1 (pure conditional) or 0 (null style only)
+    needs one call instead of two."""
+    b = feats.shape[0]
+    m = known_mask[..., None]
+    w = torch.full((b,), float(guidance))
+
+    def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not model.cfg.guidance_embed and guidance in (0.0, 1.0):
+            s = style if guidance == 1.0 else model.style.null(b)
+            x = x_from_v(z, t, model(z, t, known, known_mask, feats, s))
+        else:
+            x = guided_x(model, z, t, known, known_mask, feats, style, w)
+        return x * (1 - m) + known * m
+
+    return denoise
+
+
+def sample_emodiff(
+    model: EmoDiff,
+    feats: torch.Tensor,
+    known: torch.Tensor,
+    known_mask: torch.Tensor,
+    style: torch.Tensor,
+    steps: int,
+    guidance: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One window, normalised units in and out: (B, K + W, MOTION_DIM)."""
+    noise = torch.randn(known.shape, generator=generator)
+    denoise = emodiff_denoiser(model, feats, known, known_mask, style, guidance)
+    sampler = sample_student if model.cfg.guidance_embed else sample_ddim
+    return sampler(denoise, noise, steps)
+
+
+def clamp_motion(motion: torch.Tensor) -> torch.Tensor:
+    """Blendshape weights into [0, 1]; pose untouched."""
+    return torch.cat([motion[..., :NUM_BLENDSHAPES].clamp(0, 1), motion[..., NUM_BLENDSHAPES:]], -1)
+
+
+@dataclass
+class MotionModels:
+    """The trained networks for inference (float32, eval mode, no grad)."""
+
+    emodiff: EmoDiff  # the sampler used by default: the distilled student when there is one
+    refiner: LipRefiner | None = None
+    teacher: EmoDiff | None = None  # the undistilled model, for the full sampler
+    lstm: LSTMBaseline | None = None
+    steps: int = 4  # default sampler steps of `emodiff`
+    guidance: float = DEFAULT_GUIDANCE
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        emodiff: str | Path,
+        refiner: str | Path | None = None,
+        teacher: str | Path | None = None,
+        lstm: str | Path | None = None,
+    ) -> MotionModels:
+        model, meta = load_model(emodiff, "emodiff")
+        steps = int(meta.get("sampler", {}).get("steps", FULL_SAMPLER_STEPS))
+        guidance = float(meta.get("sampler", {}).get("guidance", DEFAULT_GUIDANCE))
+        bundle = cls(emodiff=model, steps=steps, guidance=guidance)
+        if refiner is not None:
+            bundle.refiner = load_model(refiner, "lips")[0]
+        if teacher is not None:
+            bundle.teacher = load_model(teacher, "emodiff")[0]
+        if lstm is not None:
+            bundle.lstm = load_model(lstm, "lstm")[0]
+        for m in (bundle.emodiff, bundle.refiner, bundle.teacher, bundle.lstm):
+            if m is not None:
+                m.requires_grad_(False)
+        return bundle
+
+    @classmethod
+    def load_default(cls, weights_dir: str | Path = WEIGHTS_DIR) -> MotionModels:
+        """The committed weights under ``weights/``: the student if present (else the teacher),
+        the refiner, and, when present, the teacher and the LSTM baseline."""
+        d = Path(weights_dir)
+        paths = {k: d / f for k, f in DEFAULT_FILES.items()}
+        main = paths["emodiff"] if paths["emodiff"].is_file() else paths["teacher"]
+        if not main.is_file():
+            names = f"{DEFAULT_FILES['emodiff']} or {DEFAULT_FILES['teacher']}"
+            raise FileNotFoundError(f"{d}: no EmoDiff weights ({names}); see docs/models.md")
+
+        def opt(key: str) -> Path | None:
+            return paths[key] if paths[key].is_file() and paths[key] != main else None
+
+        return cls.load(main, refiner=opt("refiner"), teacher=opt("teacher"), lstm=opt("lstm"))
+
+    # ---- constants the streaming engine needs -------------------------------------------
+    @property
+    def lookahead(self) -> int:
+        return self.emodiff.cfg.audio.lookahead
+
+    @property
+    def left_context(self) -> int:
+        return self.emodiff.cfg.audio.left_context
+
+    @property
+    def init_frames(self) -> int:
+        return self.emodiff.cfg.init_frames
+
+    @property
+    def window_frames(self) -> int:
+        return self.emodiff.cfg.window_frames
+
+    @property
+    def seq_len(self) -> int:
+        return self.emodiff.cfg.seq_len
+
+    @property
+    def refiner_context(self) -> int:
+        """Frames before the first frame to refine that the refiner must be given (32)."""
+        return self.refiner.cfg.receptive_field - 1 if self.refiner is not None else 0
+
+    @property
+    def style_clip_frames(self) -> int:
+        return self.emodiff.cfg.style_clip_frames
+
+    # ---- calls --------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_audio(self, mel: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Mel span (B, 4 (left_context + n + lookahead), 80) -> features (B, n, dim)."""
+        mel = torch.as_tensor(mel, dtype=torch.float32)
+        return self.emodiff.audio(mel if mel.ndim == 3 else mel[None])
+
+    @torch.no_grad()
+    def encode_utterance(self, mel: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A whole utterance's mel (4T, 80) or (B, 4T, 80) -> (B, T, dim), silence around it."""
+        mel = torch.as_tensor(mel, dtype=torch.float32)
+        mel = mel if mel.ndim == 3 else mel[None]
+        return self.emodiff.audio(pad_mel(mel, self.emodiff.cfg.audio))
+
+    @torch.no_grad()
+    def style_from_emotion(self, emotion: str | int, intensity: int = 2) -> torch.Tensor:
+        e = emotion_index(emotion) if isinstance(emotion, str) else int(emotion)
+        i = check_intensity(intensity)
+        return self.emodiff.style.from_emotion(torch.tensor([e]), torch.tensor([i]))
+
+    @torch.no_grad()
+    def style_from_clip(self, motion: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A few seconds of raw motion (N, MOTION_DIM) of the wanted emotion -> (1, dim).
+
+        Longer clips are cut to their middle ``style_clip_frames`` frames."""
+        clip = torch.as_tensor(motion, dtype=torch.float32)
+        if clip.ndim != 2 or clip.shape[1] != MOTION_DIM or len(clip) < 2:
+            want = f"(frames >= 2, {MOTION_DIM})"
+            raise ValueError(f"a style clip is {want}, got {tuple(clip.shape)}")
+        s = self.style_clip_frames
+        if len(clip) > s:
+            start = (len(clip) - s) // 2
+            clip = clip[start : start + s]
+        n = len(clip)
+        padded = torch.zeros(1, s, MOTION_DIM)
+        padded[0, :n] = self.emodiff.motion_norm.normalize(clip)
+        mask = torch.zeros(1, s)
+        mask[0, :n] = 1.0
+        return self.emodiff.style.from_clip(padded, mask)
+
+    @torch.no_grad()
+    def null_style(self) -> torch.Tensor:
+        return self.emodiff.style.null(1)
+
+    @torch.no_grad()
+    def sample_window(
+        self,
+        feats: torch.Tensor,
+        style: torch.Tensor,
+        known: np.ndarray | torch.Tensor | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        generator: torch.Generator | None = None,
+        model: EmoDiff | None = None,
+    ) -> torch.Tensor:
+        """One EmoDiff window: feats (B, seq_len, dim), style (B or 1, dim), known (B, n_known,
+        MOTION_DIM) raw frames for the first n_known < seq_len positions (or None) ->
+        (B, seq_len, MOTION_DIM) raw, the known frames returned as given.
+
+        ``model`` picks another EmoDiff (e.g. ``self.teacher`` for the full sampler)."""
+        model = self.emodiff if model is None else model
+        steps = self.steps if steps is None and model is self.emodiff else steps
+        steps = FULL_SAMPLER_STEPS if steps is None else steps
+        guidance = self.guidance if guidance is None else guidance
+        b, t = feats.shape[:2]
+        if t != model.cfg.seq_len:
+            raise ValueError(f"a window is {model.cfg.seq_len} frames of features, got {t}")
+        known_n = torch.zeros(b, t, MOTION_DIM)
+        mask = torch.zeros(b, t)
+        if known is not None:
+            k = torch.as_tensor(known, dtype=torch.float32)
+            k = k if k.ndim == 3 else k[None]
+            n = k.shape[1]
+            if n >= t:
+                raise ValueError(f"at most {t - 1} known frames in a window, got {n}")
+            known_n[:, :n] = model.motion_norm.normalize(k)
+            mask[:, :n] = 1.0
+        style = style.expand(b, -1)
+        x = sample_emodiff(model, feats, known_n, mask, style, steps, guidance, generator)
+        out = clamp_motion(model.motion_norm.denormalize(x))
+        if known is not None:  # bit-exact pass-through of what was already emitted
+            out[:, :n] = k
+        return out
+
+    @torch.no_grad()
+    def refine_lips(
+        self, feats: torch.Tensor, motion: torch.Tensor, style: torch.Tensor
+    ) -> torch.Tensor:
+        """Re-predict mouth and jaw of raw motion (B, n, MOTION_DIM) from features (B, n, dim);
+        every other channel comes back unchanged. Without a refiner: the motion as it is."""
+        if self.refiner is None:
+            return motion
+        style = style.expand(motion.shape[0], -1)
+        return clamp_motion(self.refiner(feats, motion, style))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        mel: np.ndarray | torch.Tensor,
+        style: torch.Tensor,
+        steps: int | None = None,
+        guidance: float | None = None,
+        generator: torch.Generator | None = None,
+        refine: bool = True,
+        model: EmoDiff | None = None,
+    ) -> torch.Tensor:
+        """Offline: a whole utterance's mel (4T, 80) or (B, 4T, 80) -> raw motion (B, T, 58).
+
+        Windows of K known + W new frames (the first window knows nothing); the last window is
+        moved back to end at the last frame, knowing more frames instead."""
+        model = self.emodiff if model is None else model
+        mel = torch.as_tensor(mel, dtype=torch.float32)
+        mel = mel if mel.ndim == 3 else mel[None]
+        if mel.shape[1] % MELS_PER_FRAME:
+            raise ValueError(f"mel rows must be a multiple of {MELS_PER_FRAME}, got {mel.shape[1]}")
+        n = mel.shape[1] // MELS_PER_FRAME
+        seq, b = model.cfg.seq_len, mel.shape[0]
+        if n < seq:  # shorter than one window: generate over trailing silence, then cut
+            mel = F.pad(mel, (0, 0, 0, MELS_PER_FRAME * (seq - n)), value=SILENCE_LOG_MEL)
+        feats = self.encode_utterance(mel)
+        total = feats.shape[1]
+        out = torch.zeros(b, total, MOTION_DIM)
+        out[:, :seq] = self.sample_window(
+            feats[:, :seq], style, None, steps, guidance, generator, model
+        )
+        done = seq
+        while done < total:
+            end = min(done + model.cfg.window_frames, total)
+            start = end - seq
+            known = out[:, start:done]
+            out[:, start:end] = self.sample_window(
+                feats[:, start:end], style, known, steps, guidance, generator, model
+            )
+            done = end
+        out, feats = out[:, :n], feats[:, :n]
+        return self.refine_lips(feats, out, style) if refine else out
+
+    @torch.no_grad()
+    def generate_lstm(self, mel: np.ndarray | torch.Tensor, emotion: str | int, intensity: int):
+        """The LSTM baseline on a whole utterance: (4T, 80) or (B, 4T, 80) -> (B, T, 58)."""
+        if self.lstm is None:
+            raise ValueError("no LSTM baseline loaded")
+        mel = torch.as_tensor(mel, dtype=torch.float32)
+        mel = mel if mel.ndim == 3 else mel[None]
+        e = emotion_index(emotion) if isinstance(emotion, str) else int(emotion)
+        b = mel.shape[0]
+        motion = self.lstm(
+            pad_mel(mel, self.lstm.cfg.audio),
+            torch.full((b,), e),
+            torch.full((b,), check_intensity(intensity)),
+        )
+        return clamp_motion(motion)
