@@ -1,0 +1,83 @@
+"""Streaming configuration: windows, look-ahead, gating, idle, live clock. One dataclass.
+
+The window defaults were chosen by measurement (docs/streaming.md has the table and the
+command that made it); in short, for EmoDiff windows of S = 16 frames:
+
+- ``hop_frames`` H = 2 (80 ms): every EmoDiff call emits 2 frames. H = 1 saves 40 ms of
+  waiting for the block's first frame but doubles the model calls; H = 4 adds 80 ms. At H = 2
+  p95 latency stays under 200 ms at 256 px with room for several sessions per core.
+- ``known_frames`` O = K = 8 (EmoDiff's ``init_frames``, the initial state it is trained and
+  run offline with): the window is conditioned on the last 8 emitted frames, *re-estimates*
+  the S - H - O = 6 frames after them (already emitted, not shown again) and generates H new
+  ones. Conditioning on all 14 overlapping frames joins windows well but
+  feeds the sampler its own output back 7 times over: the expression drifts (+20% expression
+  error against the offline sampler) and jitters; 8 known frames keep the offline sampler's
+  quality.
+- ``crossfade_frames`` C = 4: the blend across the overlap. The new frames continue the
+  window's own estimate of the last emitted frame; an offset that moves that estimate onto the
+  emitted frame, fading out over C frames (smoothstep), joins them without a step. With it the
+  jerk at window seams is no larger than inside windows (ratio 0.99); without it, 1.38.
+- ``lookahead_frames`` L: the audio encoder's own (2 frames, 80 ms). Less is allowed (the missing
+  future is taken as silence) and costs lip-sync.
+- ``refine_context_frames``: the frames before the new ones that the (causal) lip refiner is
+  given; None takes the refiner's receptive field (32), which makes it exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.stream.audio_input import VadConfig
+from engine.stream.idle import GateConfig, IdleConfig
+from engine.timebase import FPS
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    # ---- windows --------------------------------------------------------------------------
+    hop_frames: int = 2  # H: frames emitted per EmoDiff call
+    known_frames: int | None = None  # O: initial-state frames (None: EmoDiff's K = 8)
+    crossfade_frames: int = 4  # the seam offset's fade, frames (0: no offset)
+    lookahead_frames: int | None = None  # audio look-ahead (None: the encoder's own)
+    refine_context_frames: int | None = None  # None: the refiner's receptive field - 1
+    steps: int | None = None  # sampler steps (None: the model's default)
+    guidance: float | None = None  # classifier-free guidance (None: the model's default)
+    emotion_ramp_ms: float = 480.0  # style crossfade after set_emotion
+    # ---- silence --------------------------------------------------------------------------
+    vad: VadConfig = field(default_factory=VadConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    idle: IdleConfig = field(default_factory=IdleConfig)
+    # ---- live clock -----------------------------------------------------------------------
+    # How late audio may be (network jitter) before the engine goes on without it, generating
+    # silence; also the tolerance before audio that arrives after a gap is placed at "now".
+    jitter_ms: float = 60.0
+    # Frames are generated at most this far ahead of the clock (bursty TTS input): bounds the
+    # memory of queued frames and how much already-generated speech an interrupt has to wait out.
+    max_lead_ms: float = 240.0
+    # A frame is due this long after its pts on the session clock; one not rendered by then is
+    # dropped (counted). The server plays frame n and its audio at t0 + n / 25 + playout_delay.
+    playout_delay_ms: float | None = None  # None: look-ahead + hop + jitter + 40 ms of compute
+    max_queued_frames: int = 250  # unpulled frames kept (live: oldest dropped; offline: waits)
+    max_buffered_s: float = 600.0  # audio accepted ahead of generation before refusing more
+
+    def __post_init__(self) -> None:
+        if self.hop_frames < 1:
+            raise ValueError(f"hop_frames must be at least 1, got {self.hop_frames}")
+        if self.known_frames is not None and self.known_frames < 0:
+            raise ValueError(f"known_frames must be >= 0, got {self.known_frames}")
+        if self.crossfade_frames < 0:
+            raise ValueError(f"crossfade_frames must be >= 0, got {self.crossfade_frames}")
+        if self.refine_context_frames is not None and self.refine_context_frames < 0:
+            raise ValueError(f"refine_context_frames must be >= 0: {self.refine_context_frames}")
+        if self.lookahead_frames is not None and self.lookahead_frames < 0:
+            raise ValueError(f"lookahead_frames must be >= 0, got {self.lookahead_frames}")
+        if self.jitter_ms < 0 or self.max_lead_ms < 0:
+            raise ValueError("jitter_ms and max_lead_ms must be >= 0")
+        if self.max_queued_frames < 1:
+            raise ValueError("max_queued_frames must be at least 1")
+
+    def playout_delay_s(self, lookahead: int) -> float:
+        if self.playout_delay_ms is not None:
+            return self.playout_delay_ms / 1000.0
+        frames = lookahead + self.hop_frames
+        return frames / FPS + 0.0075 + self.jitter_ms / 1000.0 + 0.040

@@ -1,0 +1,341 @@
+"""The session core: a deterministic step function over a session's audio timeline.
+
+No threads, no clock. `SessionCore` holds everything one live session has computed so far and
+turns audio into motion one block of H frames at a time. What a block produces depends only on
+the timeline's samples (and the seed, the style, and the calls made at block boundaries), never
+on how the audio was chunked or when it arrived; the threaded runner (`engine.stream.worker`)
+decides *when* a block runs, and the offline renderer (`engine.stream.offline`) runs the very
+same blocks over a whole file.
+
+One block, frames [b, b + H) (H = hop, L = audio look-ahead, O = known frames, S = seq_len)::
+
+    ready when the timeline holds samples up to 640 (b + H + L) + 120 (the mel window's reach)
+    mel     rows of frames [.., b + H + L), computed once per frame and cached
+    feats   encoder over mel [b - left, b + H + L_model): features of [b, b + H)
+            (when L < the encoder's own look-ahead, the frames past b + H + L read silence)
+    window  EmoDiff over frames [b + H - S, b + H): the first O frames known (raw EmoDiff output
+            already produced: the initial state), the rest sampled; of those, the S - H - O
+            before b re-estimate frames already emitted and the last H are new
+    blend   the new frames are offset onto the emitted ones (the window's own estimate of frame
+            b - 1 moved onto the emitted frame b - 1, fading out over C frames): no seam
+    refine  the causal lip refiner over [b - context, b + H) (EmoDiff's raw output, before the
+            refiner, as offline); keep the last H frames: exactly what refining the whole
+            utterance gives
+    post    per frame: mouth gate (VAD), idle layer, emitted in order
+
+Before frame 0 the session has a *pre-roll*: one window generated from silence with nothing
+known, so the first block already has a full initial state, every block has the same shape,
+and a session starts from a face that is idling in its emotion.
+
+EmoDiff is conditioned on its own raw output (what `MotionModels.generate` does offline too);
+the gate and idle layer are applied after, per frame, so they never feed back into the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.blendshapes import MOTION_DIM, NUM_BLENDSHAPES
+from engine.features import MEL, MEL_LOOKAHEAD_SAMPLES, MELS_PER_FRAME, log_mel
+from engine.models.audio_encoder import SILENCE_LOG_MEL
+from engine.motion_model import MotionModels
+from engine.stream.audio_input import AudioTimeline, VoiceActivity
+from engine.stream.config import StreamConfig
+from engine.stream.idle import MOUTH, IdleMotion, MouthGate, add_idle, smoothstep
+from engine.timebase import FPS, SAMPLES_PER_FRAME
+
+log = logging.getLogger(__name__)
+
+
+class FrameRing:
+    """Rows indexed by absolute frame number, kept for a recent span [start, end)."""
+
+    def __init__(self, row_shape: tuple[int, ...], fill: float = 0.0):
+        self.row_shape = row_shape
+        self.fill = fill
+        self.start = 0
+        self.data = np.zeros((0, *row_shape), np.float32)
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.data)
+
+    def reset(self, start: int) -> None:
+        self.start, self.data = start, np.zeros((0, *self.row_shape), np.float32)
+
+    def append(self, a: int, rows: np.ndarray) -> None:
+        if not len(self.data):
+            self.start = a
+        elif a != self.end:
+            raise RuntimeError(f"append at frame {a}, ring ends at {self.end}")
+        self.data = np.concatenate([self.data, rows.astype(np.float32, copy=False)])
+
+    def get(self, a: int, b: int) -> np.ndarray:
+        out = np.full((b - a, *self.row_shape), self.fill, np.float32)
+        lo, hi = max(a, self.start), min(b, self.end)
+        if hi > lo:
+            out[lo - a : hi - a] = self.data[lo - self.start : hi - self.start]
+        return out
+
+    def truncate(self, a: int) -> None:
+        if a <= self.start:
+            self.reset(a)
+        elif a < self.end:
+            self.data = self.data[: a - self.start]
+
+    def trim(self, a: int) -> None:
+        drop = min(a, self.end) - self.start
+        if drop > 0:
+            self.data = self.data[drop:].copy()
+            self.start += drop
+
+
+@dataclass
+class MotionFrame:
+    """One emitted frame of motion, before rendering."""
+
+    index: int
+    motion: np.ndarray  # (MOTION_DIM,) raw: blendshapes in [0, 1], pose
+    speech: float  # the mouth gate's weight: 1 talking, 0 silent
+    filled: bool  # its audio is (partly) silence the engine filled in: none was pushed
+
+
+class SessionCore:
+    """One session's state and its step function (module docstring). Not thread-safe: one
+    runner drives it (the engine's workers take a session's blocks one at a time)."""
+
+    def __init__(
+        self,
+        models: MotionModels,
+        cfg: StreamConfig,
+        style: torch.Tensor,
+        seed: int,
+    ):
+        self.models, self.cfg, self.seed = models, cfg, seed
+        self.S = models.seq_len
+        self.H = cfg.hop_frames
+        if self.H >= self.S:
+            raise ValueError(f"hop_frames must be below the window's {self.S} frames")
+        # at most the overlap: a long hop leaves room for fewer known frames
+        overlap = self.S - self.H
+        known = models.init_frames if cfg.known_frames is None else cfg.known_frames
+        self.O = min(known, overlap)
+        self.L_model = models.lookahead
+        self.L = self.L_model if cfg.lookahead_frames is None else cfg.lookahead_frames
+        if self.L > self.L_model:
+            raise ValueError(f"the audio encoder looks {self.L_model} frames ahead, not {self.L}")
+        self.left = models.left_context
+        ctx = cfg.refine_context_frames
+        self.R = models.refiner_context if ctx is None else ctx
+        self.ramp = max(1, round(cfg.emotion_ramp_ms * FPS / 1000.0))
+        self.timeline = AudioTimeline()
+        self.vad = VoiceActivity(cfg.vad)
+        self.gate = MouthGate(cfg.gate, self.L)
+        self.idle = IdleMotion(cfg.idle, seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.mel = FrameRing((MELS_PER_FRAME, MEL.n_mels), fill=SILENCE_LOG_MEL)
+        dim = models.emodiff.cfg.audio.dim
+        self.feats = FrameRing((dim,))
+        self.raw = FrameRing((MOTION_DIM,))
+        self.style_from = self.style_to = style
+        self.ramp_start = 0
+        self.next_block = 0  # first frame of the next EmoDiff block
+        self.next_emit = 0  # next frame to emit
+        self.input_done_to = 0  # flush(): frames up to here are owed even without audio
+        self._preroll()
+
+    # ---- style ----------------------------------------------------------------------------
+    def style_at(self, frame: int) -> torch.Tensor:
+        a = smoothstep((frame - self.ramp_start + 1) / self.ramp)
+        if a >= 1.0:
+            return self.style_to
+        return self.style_from + a * (self.style_to - self.style_from)
+
+    def set_style(self, style: torch.Tensor) -> int:
+        """Ramp to ``style`` from the next block on; returns that frame."""
+        at = self.next_block
+        self.style_from = self.style_at(at - 1)
+        self.style_to = style
+        self.ramp_start = at
+        return at
+
+    # ---- timeline -------------------------------------------------------------------------
+    def need_samples(self, block: int | None = None) -> int:
+        """Timeline length a block needs (the default: the next one)."""
+        b = self.next_block if block is None else block
+        return SAMPLES_PER_FRAME * (b + self.H + self.L) + MEL_LOOKAHEAD_SAMPLES
+
+    def ready(self) -> bool:
+        return self.timeline.end >= self.need_samples() or self.next_emit < self.input_done_to
+
+    def push(self, audio: np.ndarray) -> int:
+        """Append 16 kHz audio at the timeline's end; returns where it starts."""
+        return self.timeline.append(audio)
+
+    def finish_input(self) -> None:
+        """Owe every frame that the audio so far covers: the runner will generate them, with
+        silence after the audio, and silence is committed to the timeline as they are."""
+        last = -(-self.timeline.end // SAMPLES_PER_FRAME)  # frames [0, last) hold audio
+        self.input_done_to = max(self.input_done_to, last)
+
+    def force_silence(self) -> int:
+        """Commit silence up to what the next block reads (the audio is late, or over);
+        returns the samples of silence added."""
+        return self.timeline.pad_to(self.need_samples())
+
+    def interrupt(self) -> tuple[int, int]:
+        """Drop all audio from the next block on and ramp the mouth closed from there.
+        Returns (cut frame, samples dropped)."""
+        cut = self.next_block
+        dropped = self.timeline.truncate(cut * SAMPLES_PER_FRAME)
+        # cached mel rows that read past the cut (the frame before reads 120 samples into it)
+        self.mel.truncate(cut - 1)
+        self.vad.rewind(cut)
+        self.gate.interrupt(cut)
+        self.input_done_to = min(self.input_done_to, cut)
+        return cut, dropped
+
+    # ---- the block ------------------------------------------------------------------------
+    def _preroll(self) -> None:
+        """Frames [-S, 0): one window over silence, nothing known (never emitted)."""
+        m = self.models
+        silence = np.full(
+            (1, MELS_PER_FRAME * (self.left + 1 + self.L_model), MEL.n_mels),
+            SILENCE_LOG_MEL,
+            np.float32,
+        )
+        feat = m.encode_audio(silence)[0, 0].numpy()  # the same for every silent frame
+        self.feats.fill = 0.0
+        self.silence_feat = feat
+        feats = np.broadcast_to(feat, (self.S, len(feat)))
+        self.feats.append(-self.S, feats)
+        window = m.sample_window(
+            torch.from_numpy(np.ascontiguousarray(feats))[None],
+            self.style_at(-1),
+            None,
+            self.cfg.steps,
+            self.cfg.guidance,
+            self.generator,
+        )
+        self.raw.append(-self.S, window[0].numpy())
+
+    def _mel_upto(self, end_frame: int) -> None:
+        """Cache mel rows of frames [mel.end, end_frame) (the timeline covers them)."""
+        a = self.mel.end
+        if end_frame <= a:
+            return
+        # log_mel frames a segment as if it started the signal: start one frame early, so the
+        # first kept frame has its real left context, and drop the extra frame's rows
+        s0 = (a - 1) * SAMPLES_PER_FRAME
+        audio = self.timeline.read(s0, end_frame * SAMPLES_PER_FRAME + MEL_LOOKAHEAD_SAMPLES)
+        rows = log_mel(audio, end_frame - a + 1)[MELS_PER_FRAME:]
+        self.mel.append(a, rows.reshape(-1, MELS_PER_FRAME, MEL.n_mels))
+
+    def _features(self, b: int) -> None:
+        """Features of frames [b, b + H) into the cache."""
+        lo, hi = b - self.left, b + self.H + self.L_model
+        real_end = b + self.H + self.L  # frames past this read silence (reduced look-ahead)
+        self._mel_upto(real_end)
+        mel = self.mel.get(lo, hi)
+        if real_end < hi:
+            mel[real_end - lo :] = SILENCE_LOG_MEL
+        feats = self.models.encode_audio(torch.from_numpy(mel.reshape(1, -1, MEL.n_mels)))
+        self.feats.append(b, feats[0].numpy())
+
+    def step(self) -> list[MotionFrame]:
+        """Run the next block (the caller checked `ready()`, or forced silence); returns the
+        frames it completes, in order (none while the refiner's delay fills)."""
+        b, H, S = self.next_block, self.H, self.S
+        self.force_silence()  # no-op unless the audio is late or over (the caller decided)
+        m = self.models
+        self._features(b)
+        self.vad.advance(self.timeline, b + H + self.L)
+
+        # EmoDiff: window [b + H - S, b + H), the first O frames known
+        w0 = b + H - S
+        feats = torch.from_numpy(self.feats.get(w0, b + H))[None]
+        known = torch.from_numpy(self.raw.get(w0, w0 + self.O))[None] if self.O else None
+        out = m.sample_window(
+            feats, self.style_at(b + H - 1), known, self.cfg.steps, self.cfg.guidance,
+            self.generator,
+        )[0].numpy()  # fmt: skip
+        new = out[S - H :].copy()
+        if self.cfg.crossfade_frames:
+            # with fewer known frames than the overlap, the window re-estimated the last
+            # emitted frame too: its new frames continue *that* one
+            regen = out[S - H - 1] if self.O < S - H else None
+            new = self._crossfade(b, new, regen)
+        self.raw.append(b, new)
+        self.next_block = b + H
+
+        # lip refiner (causal): frames [b, b + H), with R frames of left context
+        lo = b - self.R
+        raw_span = torch.from_numpy(self._raw_or_first(lo, b + H))[None]
+        feat_span = torch.from_numpy(self._feats_or_silence(lo, b + H))[None]
+        refined = m.refine_lips(feat_span, raw_span, self.style_at(b + H - 1))[0].numpy()
+        refined = refined[self.R :]
+
+        frames = []
+        for i, n in enumerate(range(b, b + H)):
+            motion = refined[i]
+            weight = self.gate.step(n, self.vad)
+            if self.cfg.gate.enabled:
+                motion = self.gate.apply(motion, weight)
+            if self.cfg.idle.enabled:
+                motion = add_idle(motion, self.idle.next(), 1.0 - weight)
+            span = (n * SAMPLES_PER_FRAME, (n + 1) * SAMPLES_PER_FRAME)
+            filled = self.timeline.is_filled(*span)
+            frames.append(MotionFrame(n, motion.astype(np.float32), weight, filled))
+            self.next_emit = n + 1
+        self._trim()
+        return frames
+
+    def _raw_or_first(self, a: int, b: int) -> np.ndarray:
+        """Raw motion [a, b); before the pre-roll, its first frame (the refiner's own padding
+        replicates the first frame it is given)."""
+        out = self.raw.get(a, b)
+        before = min(b, self.raw.start) - a
+        if before > 0:
+            out[:before] = self.raw.data[0]
+        return out
+
+    def _feats_or_silence(self, a: int, b: int) -> np.ndarray:
+        out = self.feats.get(a, b)
+        before = min(b, self.feats.start) - a
+        if before > 0:  # frames before the pre-roll: silence, as the pre-roll assumed
+            out[:before] = self.silence_feat
+        return out
+
+    def _crossfade(self, b: int, new: np.ndarray, regen: np.ndarray | None) -> np.ndarray:
+        """Decaying offset that joins the new frames to the last emitted one.
+
+        When the window re-estimated the last emitted frame (fewer known frames than the
+        overlap), its new frames continue its own estimate: the offset moves that estimate onto
+        the emitted frame and fades out over ``crossfade_frames`` (smoothstep), so the output
+        converges to the fresh trajectory without a step. Otherwise the offset closes the gap
+        between the first new frame and a linear extrapolation of the last two emitted ones.
+        (Matching velocity as well was measured to accumulate: more jitter, not less.)"""
+        prev = self.raw.get(b - 2, b)
+        if regen is not None:
+            delta = prev[1] - regen
+        else:
+            delta = prev[1] + (prev[1] - prev[0]) - new[0]
+        delta[MOUTH] = 0.0  # the mouth follows the audio (and the refiner redoes it)
+        c = self.cfg.crossfade_frames
+        fade = np.array([1.0 - smoothstep((j + 1.0) / (c + 1.0)) for j in range(len(new))])
+        out = new + fade[:, None].astype(np.float32) * delta[None]
+        np.clip(out[:, :NUM_BLENDSHAPES], 0.0, 1.0, out=out[:, :NUM_BLENDSHAPES])
+        return out
+
+    def _trim(self) -> None:
+        b = self.next_block
+        keep = max(self.S, self.R + self.H) + 2
+        self.raw.trim(b - keep)
+        self.feats.trim(b - keep)
+        self.mel.trim(b - self.left - 2)
+        self.timeline.trim_before((b - 2) * SAMPLES_PER_FRAME - MEL_LOOKAHEAD_SAMPLES)
+        self.vad.forget_before(b - self.gate.hang - self.gate.MAX_RUN - 2)
