@@ -47,7 +47,7 @@ from engine.models import EmoDiff
 from engine.motion_model import DEFAULT_GUIDANCE, clamp_motion, guided_x, sample_emodiff
 from engine.training.common import motion_metrics
 from engine.training.emodiff import EmoDiffTrainConfig, batch_style, make_sampler
-from engine.training.loop import LoopConfig, Task
+from engine.training.loop import LoopConfig, WindowTask
 from engine.training.windows import fixed_batches
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def make_student(teacher: EmoDiff) -> EmoDiff:
     return student
 
 
-class DistillTask(Task):
+class DistillTask(WindowTask):
     kind = "emodiff"
 
     def __init__(
@@ -280,14 +280,13 @@ class DistillTask(Task):
 
     # ---- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"sampler": self.sampler.state(), "phase": self.phase}
+        state: dict[str, Any] = {**super().state_dict(), "phase": self.phase}
         if self.phase > 0:
             state["teacher"] = self.teacher.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "sampler" in state:
-            self.sampler.set_state(state["sampler"])
+        super().load_state_dict(state)
         self.phase = int(state.get("phase", -1))
         if "teacher" in state:
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)

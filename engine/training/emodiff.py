@@ -31,7 +31,7 @@ from engine.diffusion import add_noise, v_target, x_from_v
 from engine.models import EmoDiff, EmoDiffConfig
 from engine.motion_model import DEFAULT_GUIDANCE, FULL_SAMPLER_STEPS
 from engine.training.common import mean_metrics, motion_metrics, set_stats
-from engine.training.loop import Task
+from engine.training.loop import WindowTask
 from engine.training.windows import KnownPolicy, WindowBatch, WindowSampler, fixed_batches
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def diffusion_losses(
     return v_loss, vel_loss
 
 
-class EmoDiffTask(Task):
+class EmoDiffTask(WindowTask):
     kind = "emodiff"
 
     def __init__(
@@ -158,13 +158,6 @@ class EmoDiffTask(Task):
             w = slice(model.cfg.init_frames, None)
             metrics.append(motion_metrics(pred[:, w], batch.motion[:, w]))
         return {"val_v": sum(losses) / len(losses), **mean_metrics(metrics)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "sampler" in state:
-            self.sampler.set_state(state["sampler"])
 
     def meta(self) -> dict[str, Any]:
         return {

@@ -41,7 +41,7 @@ from engine.blendshapes import MOTION_INDEX
 from engine.data.corpus import SplitArrays
 from engine.models import EmoDiff, LipRefiner
 from engine.training.common import JAW, MOUTH, mean_metrics, motion_metrics, pearson, set_stats
-from engine.training.loop import Task
+from engine.training.loop import WindowTask
 from engine.training.windows import WindowBatch, WindowSampler, fixed_batches
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def refiner_losses(
     return {"l1": l1, "vel": vel, "corr": corr_loss}
 
 
-class LipsTask(Task):
+class LipsTask(WindowTask):
     kind = "lips"
 
     def __init__(
@@ -211,13 +211,6 @@ class LipsTask(Task):
             out.append(m)
         torch.set_rng_state(rng_state)
         return mean_metrics(out)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "sampler" in state:
-            self.sampler.set_state(state["sampler"])
 
     def meta(self) -> dict[str, Any]:
         return {

@@ -86,6 +86,20 @@ class Task:
         return {}
 
 
+class WindowTask(Task):
+    """A task that draws its batches from ``self.sampler`` (a `WindowSampler`): the sampler's
+    position is part of the resumable state, so a resumed run sees the same batches."""
+
+    sampler: Any
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "sampler" in state:
+            self.sampler.set_state(state["sampler"])
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters(), strict=True):

@@ -17,7 +17,7 @@ import torch
 from engine.data.corpus import SplitArrays
 from engine.models import LSTMBaseline
 from engine.training.common import mean_metrics, motion_metrics, set_stats
-from engine.training.loop import Task
+from engine.training.loop import WindowTask
 from engine.training.windows import WindowSampler, fixed_batches
 
 
@@ -29,7 +29,7 @@ class LSTMTrainConfig:
     val_batch_size: int = 64
 
 
-class LSTMTask(Task):
+class LSTMTask(WindowTask):
     kind = "lstm"
 
     def __init__(
@@ -73,13 +73,6 @@ class LSTMTask(Task):
             m = motion_metrics(model(batch.mel, batch.emotion, batch.intensity), batch.motion)
             out.append({"val_l1": l1.item(), **m})
         return mean_metrics(out)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "sampler" in state:
-            self.sampler.set_state(state["sampler"])
 
     def meta(self) -> dict[str, Any]:
         return {"train": asdict(self.tcfg), "data": str(self.data) if self.data else None}
