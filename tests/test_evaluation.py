@@ -45,12 +45,7 @@ from engine.training.toy_corpus import write_toy_corpus
 JAW = MOTION_INDEX["jawOpen"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def smooth_signal(n: int, seed: int = 0) -> np.ndarray:

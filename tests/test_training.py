@@ -38,13 +38,7 @@ TINY_EMODIFF = EmoDiffConfig(dim=64, depth=2, heads=4, audio=AudioEncoderConfig(
 TINY_SETS = ["--set", "dim=48", "--set", "depth=2", "--set", "audio.dim=48"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models at small batches run fastest on one thread, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
