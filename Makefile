@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo lint bench clean
 
-# Debian packages the project runs: espeak-ng (speech synthesis for the training corpus).
-SYSTEM_PACKAGES := espeak-ng libespeak-ng1
+# Debian packages the project runs: espeak-ng (speech synthesis for the training corpus) and
+# chromium (the browser of the end-to-end test; Playwright's own download cannot work here).
+SYSTEM_PACKAGES := espeak-ng libespeak-ng1 chromium
 
 $(STAMP): pyproject.toml Makefile
 	@dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
@@ -26,8 +27,9 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
+# The live server: open http://127.0.0.1:8080/ and press "Start microphone".
 demo: $(STAMP)
-	$(BIN)/dreamtalk animate --blendshapes assets/sample_blendshapes.csv --out out/demo.mp4
+	$(BIN)/dreamtalk serve --host 127.0.0.1 --port 8080
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

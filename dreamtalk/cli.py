@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "dreamtalk.cmd_data",
     "dreamtalk.cmd_train",
     "dreamtalk.cmd_render",
+    "dreamtalk.cmd_serve",
     "dreamtalk.cmd_bench",
     "dreamtalk.cmd_eval",
 )

@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -49,12 +50,24 @@ class Avatar:
         return tuple(tensors[name] for name in RENDER_INPUT_NAMES)
 
 
-def build_avatar(source: str | Path | bytes, size: int = 256) -> Avatar:
-    """Register a portrait and precompute its rig and warp (no caching)."""
+Progress = Callable[[str, float], None]  # (stage, fraction done)
+
+
+def build_avatar(
+    source: str | Path | bytes, size: int = 256, progress: Progress | None = None
+) -> Avatar:
+    """Register a portrait and precompute its rig and warp (no caching). ``progress`` is
+    told each stage as it starts (a server shows it while a user waits)."""
+    report = progress or (lambda stage, done: None)
+    report("finding the face", 0.05)
     portrait = register_portrait(source, size=size)
+    report("fitting the lips", 0.45)
     landmarks = refine_lip_opening(portrait.image, portrait.landmarks)
+    report("building the face rig", 0.55)
     rig = build_rig(landmarks, size)
+    report("precomputing the warp", 0.85)
     warp = precompute(rig, portrait.image, RendererConfig(size=size))
+    report("ready", 1.0)
     return Avatar(size, portrait.image, landmarks, rig, warp, source=portrait.source)
 
 
@@ -67,7 +80,10 @@ def avatar_cache_path(image_path: Path, size: int, digest: str) -> Path:
 
 
 def load_avatar(
-    path: str | Path | None = None, size: int = 256, cache_dir: str | Path | None = None
+    path: str | Path | None = None,
+    size: int = 256,
+    cache_dir: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> Avatar:
     """The avatar of a portrait file (the default portrait when None), cached on disk."""
     image_path = Path(path) if path is not None else DEFAULT_PORTRAIT
@@ -89,7 +105,7 @@ def load_avatar(
             return avatar
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             log.warning("avatar file %s is unreadable (%s): rebuilding it", cache, err)
-    avatar = build_avatar(image_path, size=size)  # the path, so errors name the file
+    avatar = build_avatar(image_path, size=size, progress=progress)  # the path names errors
     avatar.source = str(image_path)
     try:
         write_avatar_file(avatar, cache)

@@ -1,0 +1,73 @@
+"""`dreamtalk serve`: the WebRTC avatar server (server/, docs/server.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the avatar server: the page, WHIP/WHEP, the assistant WebSocket",
+        description="Serve live avatars over WebRTC on one port: the page at /, WHIP at "
+        "/whip, WHEP at /sessions/<id>/whep, the assistant API at /ws, /healthz and /metrics.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--avatar", help="default portrait image (default: assets/portrait.png)")
+    p.add_argument("--size", type=int, default=256, choices=(256, 512), help="frame size")
+    p.add_argument("--max-sessions", type=int, default=4, help="sessions open at once")
+    p.add_argument("--weights", help="weights folder (default: weights/)")
+    p.add_argument("--workers", type=int, default=1, help="engine worker threads (cores)")
+    p.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="STUN/TURN server (repeatable); none by default: host candidates only",
+    )
+    p.add_argument(
+        "--ice-host",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="address ICE gathers host candidates on (repeatable); default: every "
+        "interface, or 127.0.0.1 when --host is loopback",
+    )
+    p.add_argument("--video-codec", default="vp8", choices=("vp8", "h264"))
+    p.add_argument("--avatar-dir", type=Path, help="where uploaded portraits are kept")
+    p.add_argument(
+        "--media-timeout",
+        type=float,
+        default=10.0,
+        help="seconds without audio from a publisher before its session ends",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from server.app import run as serve
+    from server.config import ServerConfig
+    from server.rtc import ice_server_urls
+
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    logging.getLogger("aiortc").setLevel(logging.WARNING)
+    extra = {"avatar_dir": args.avatar_dir} if args.avatar_dir else {}
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        avatar=args.avatar,
+        size=args.size,
+        max_sessions=args.max_sessions,
+        weights=args.weights,
+        workers=args.workers,
+        ice_servers=ice_server_urls(args.ice_server),
+        ice_hosts=list(args.ice_host),
+        video_codec=args.video_codec,
+        media_timeout_s=args.media_timeout,
+        **extra,
+    )
+    serve(config)
+    return 0

@@ -1,0 +1,37 @@
+"""The server's settings: one dataclass, filled from `dreamtalk serve`'s options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.avatar import CACHE_DIR
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    avatar: str | None = None  # the default portrait (None: assets/portrait.png)
+    size: int = 256  # rendered frame size, 256 or 512
+    max_sessions: int = 4
+    weights: str | None = None  # None: weights/
+    workers: int = 1  # engine worker threads (cores for the models and the renderer)
+    ice_servers: list[str] = field(default_factory=list)  # stun:/turn: URLs; none by default
+    ice_hosts: list[str] = field(default_factory=list)  # addresses ICE gathers (None: auto)
+    video_codec: str = "vp8"  # default when the offer does not ask
+    avatar_dir: Path = CACHE_DIR / "uploads"
+    max_upload_bytes: int = 10 * 1024 * 1024
+    media_timeout_s: float = 10.0  # no audio from a publisher this long: it is gone
+    connect_timeout_s: float = 20.0  # ICE + DTLS must connect within this
+    retry_after_s: int = 10  # told to clients refused for --max-sessions
+
+    def __post_init__(self) -> None:
+        if self.size not in (256, 512):
+            raise ValueError(f"--size must be 256 or 512, got {self.size}")
+        if self.max_sessions < 1:
+            raise ValueError(f"--max-sessions must be at least 1, got {self.max_sessions}")
+        if self.video_codec not in ("vp8", "h264"):
+            raise ValueError(f"--video-codec must be vp8 or h264, got {self.video_codec!r}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"--port must be 1-65535, got {self.port}")

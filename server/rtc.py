@@ -1,0 +1,195 @@
+"""WebRTC plumbing on aiortc: offers, peer connections, ICE addresses, encoder timing.
+
+Three things aiortc has no setting for, each set up once per process by `setup_aiortc`:
+
+- *ICE host addresses.* aioice gathers every interface but loopback. A server on 127.0.0.1
+  in a network with only loopback (CI, a kiosk) must offer a 127.0.0.1 candidate, and a
+  deployment may want to name its addresses: ``--ice-host``.
+- *Encode time.* The sender runs its encoder in a thread pool; we wrap the encoder factory so
+  `/metrics` can report how long each encode took.
+- *The audio jitter buffer.* aiortc's audio receiver holds 4 packets (80 ms) before decoding
+  anything; on loopback and LAN one is enough, and the glass-to-glass latency pays for each.
+
+`parse_offer` validates an SDP offer before aiortc sees it, so a bad offer gets a clear 400
+instead of an exception deep inside the stack.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aioice.ice
+import aiortc.rtcrtpreceiver
+import aiortc.rtcrtpsender
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender
+from aiortc.sdp import SessionDescription
+
+log = logging.getLogger(__name__)
+
+AUDIO_CODECS = ("opus", "PCMU", "PCMA")
+VIDEO_CODECS = {"vp8": "VP8", "h264": "H264"}  # what we can send, by query name
+MAX_SDP_BYTES = 64 * 1024
+
+
+class OfferError(ValueError):
+    """The offer cannot be used: the message says why (sent back as the 400 body)."""
+
+
+@dataclass(frozen=True)
+class MediaLine:
+    kind: str  # "audio" | "video" | "application"
+    direction: str  # the offerer's: sendrecv | sendonly | recvonly | inactive
+    codecs: tuple[str, ...]  # codec names offered
+
+    @property
+    def sends(self) -> bool:
+        """The offerer sends media on it (we receive)."""
+        return self.direction in ("sendrecv", "sendonly")
+
+    @property
+    def receives(self) -> bool:
+        """The offerer receives media on it (we may send)."""
+        return self.direction in ("sendrecv", "recvonly")
+
+
+def parse_offer(sdp: str, need_audio_in: bool) -> list[MediaLine]:
+    """Check an SDP offer and list its m-lines. ``need_audio_in``: the offer must send audio
+    (WHIP ingest); otherwise it must receive audio or video (WHEP)."""
+    if len(sdp.encode("utf-8", "replace")) > MAX_SDP_BYTES:
+        raise OfferError(f"SDP offer larger than {MAX_SDP_BYTES} bytes")
+    if not sdp.lstrip().startswith("v=0"):
+        raise OfferError("not an SDP offer (it must start with 'v=0')")
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception as err:  # aiortc raises ValueError, KeyError, IndexError... on bad SDP
+        raise OfferError(f"malformed SDP offer: {err!r}") from err
+    lines = [
+        MediaLine(m.kind, m.direction or "sendrecv", tuple(c.name for c in m.rtp.codecs))
+        for m in description.media
+    ]
+    if not lines:
+        raise OfferError("the SDP offer has no media lines")
+    audio = [m for m in lines if m.kind == "audio"]
+    video = [m for m in lines if m.kind == "video"]
+    for m in audio:
+        if m.direction != "inactive" and not set(m.codecs) & set(AUDIO_CODECS):
+            raise OfferError(
+                f"no supported audio codec in the offer (got {', '.join(m.codecs) or 'none'};"
+                f" supported: {', '.join(AUDIO_CODECS)})"
+            )
+    for m in video:
+        if m.receives and not set(m.codecs) & set(VIDEO_CODECS.values()):
+            raise OfferError(
+                f"no supported video codec in the offer (got {', '.join(m.codecs) or 'none'};"
+                f" supported: {', '.join(VIDEO_CODECS.values())})"
+            )
+    if need_audio_in and not any(m.sends for m in audio):
+        raise OfferError("the offer sends no audio: WHIP needs the speaker's audio track")
+    if not need_audio_in and not any(m.receives for m in audio + video):
+        raise OfferError("the offer receives neither audio nor video")
+    if "a=candidate" not in sdp and "a=ice-ufrag" not in sdp:
+        raise OfferError("the offer has no ICE credentials")
+    return lines
+
+
+def make_peer_connection(ice_servers: list[str]) -> RTCPeerConnection:
+    """A peer connection with exactly the configured ICE servers (none: host candidates only;
+    without this aiortc would contact a public STUN server)."""
+    servers = [RTCIceServer(urls=url) for url in ice_servers]
+    return RTCPeerConnection(configuration=RTCConfiguration(iceServers=servers))
+
+
+def ice_server_urls(specs: list[str]) -> list[str]:
+    """Validate ``--ice-server`` values (stun:host:port or turn:user:pass@host:port)."""
+    for spec in specs:
+        if not spec.startswith(("stun:", "turn:", "turns:")):
+            raise ValueError(f"--ice-server {spec!r}: must start with stun:, turn: or turns:")
+    return list(specs)
+
+
+def prefer_codec(transceiver, codec: str) -> None:
+    """Put ``codec`` (``vp8`` / ``h264``) first among the video codecs we answer with."""
+    name = VIDEO_CODECS[codec]
+    codecs = RTCRtpSender.getCapabilities("video").codecs
+    preferred = [c for c in codecs if c.name == name]
+    rest = [c for c in codecs if c.name != name and c.name != "rtx"]
+    rtx = [c for c in codecs if c.name == "rtx"]
+    transceiver.setCodecPreferences(preferred + rest + rtx)
+
+
+# ---- process-wide setup ---------------------------------------------------------------------
+_original_host_addresses = aioice.ice.get_host_addresses
+_original_get_encoder = aiortc.rtcrtpsender.get_encoder
+_original_jitter_buffer = aiortc.rtcrtpreceiver.JitterBuffer
+
+
+def setup_aiortc(
+    ice_hosts: list[str] | None,
+    listen_host: str,
+    on_encode: Callable[[str, float], None] | None = None,
+    audio_prefetch: int = 1,
+) -> list[str] | None:
+    """Configure aiortc for this process (see the module docstring). Returns the host
+    addresses ICE gathers (None: every non-loopback interface, aioice's default)."""
+    hosts = list(ice_hosts or [])
+    for host in hosts:
+        ipaddress.ip_address(host)  # ValueError names a bad --ice-host
+    if not hosts and _is_loopback(listen_host):
+        hosts = ["127.0.0.1"]
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        if not hosts:
+            return _original_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+        return [h for h in hosts if (":" in h and use_ipv6) or (":" not in h and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
+
+    def get_encoder(codec):
+        encoder = _original_get_encoder(codec)
+        return _TimedEncoder(encoder, codec.name, on_encode) if on_encode else encoder
+
+    aiortc.rtcrtpsender.get_encoder = get_encoder
+
+    def jitter_buffer(capacity: int, prefetch: int = 0, is_video: bool = False):
+        if not is_video:
+            prefetch = min(prefetch, audio_prefetch)
+        return _original_jitter_buffer(capacity, prefetch=prefetch, is_video=is_video)
+
+    aiortc.rtcrtpreceiver.JitterBuffer = jitter_buffer
+    log.info("ICE host addresses: %s", ", ".join(hosts) if hosts else "all but loopback")
+    return hosts or None
+
+
+class _TimedEncoder:
+    """An aiortc encoder that reports how long each `encode` took."""
+
+    def __init__(self, encoder, codec: str, on_encode: Callable[[str, float], None]):
+        self._encoder = encoder
+        self._codec = codec
+        self._on_encode = on_encode
+
+    def encode(self, frame, force_keyframe: bool = False):
+        start = time.perf_counter()
+        result = self._encoder.encode(frame, force_keyframe)
+        self._on_encode(self._codec, time.perf_counter() - start)
+        return result
+
+    def __getattr__(self, name):  # pack, target_bitrate...
+        return getattr(self._encoder, name)
+
+    def __setattr__(self, name, value):
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._encoder, name, value)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
