@@ -312,6 +312,7 @@ class LiveSession:
 
     def set_listening(self, on: bool) -> None:
         self.listening = bool(on)
+        self.core.set_listening(self.listening)
 
     # ---- events ---------------------------------------------------------------------------
     def subscribe(self) -> asyncio.Queue:

@@ -395,3 +395,25 @@ def test_style_clip_and_bad_clip(models, speech):
             s.set_style_clip(np.zeros((10, 3)))
         s.flush()
         assert len(collect(s)) > 0
+
+
+def test_listening_nods_and_keeps_eye_contact_in_silence():
+    """Listening shows on an idle face (nods, tilt, raised brows, fewer glances) and fades out;
+    a session that never listens idles exactly as before (its own random stream)."""
+    from engine.blendshapes import MOTION_INDEX
+    from engine.stream.idle import IdleConfig, IdleMotion
+
+    plain, listener = IdleMotion(IdleConfig(), 7), IdleMotion(IdleConfig(), 7)
+    before = [plain.next() for _ in range(50)], [listener.next() for _ in range(50)]
+    assert np.array_equal(np.stack(before[0]), np.stack(before[1]))
+    listener.listening = True
+    on = np.stack([listener.next() for _ in range(250)])[25:]
+    off_ref = np.stack([plain.next() for _ in range(250)])[25:]
+    pitch, roll, brow = (MOTION_INDEX[n] for n in ("headPitch", "headRoll", "browInnerUp"))
+    assert on[:, brow].mean() > 0.15 and abs(off_ref[:, brow]).max() == 0
+    assert on[:, roll].mean() > 0.03
+    nods = on[:, pitch] - off_ref[:, pitch]
+    assert nods.max() > 0.03  # a nod dips the head down
+    listener.listening = False
+    after = np.stack([listener.next() for _ in range(100)])
+    assert after[-1, brow] < 0.01  # faded out

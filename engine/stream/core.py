@@ -163,6 +163,12 @@ class SessionCore:
         self.ramp_start = at
         return at
 
+    def set_listening(self, on: bool) -> int:
+        """The user is speaking (or not): the idle layer shows it from the next frame
+        emitted; returns that frame."""
+        self.idle.listening = bool(on)
+        return self.next_emit
+
     # ---- timeline -------------------------------------------------------------------------
     def need_samples(self, block: int | None = None) -> int:
         """Timeline length a block needs (the default: the next one)."""

@@ -66,6 +66,15 @@ class IdleConfig:
     glance_head_yaw: float = 0.04  # radians the head follows at the widest glance
     glance_frames: int = 3  # an eye saccade (120 ms)
     head_follow_s: float = 0.6  # the head's lag behind the eyes
+    # listening (the user speaks; `IdleMotion.listening`): eye contact, small nods, a head
+    # tilt and raised inner brows, faded in and out over ``listen_ramp_s``
+    listen_ramp_s: float = 0.4
+    listen_glance_scale: float = 0.25  # glances shrink to this: the eyes stay on the user
+    listen_nod_pitch: float = 0.05  # radians, down and back up
+    listen_nod_s: float = 0.7
+    listen_nod_interval_s: float = 2.6  # mean time between nods
+    listen_tilt_roll: float = 0.035  # radians
+    listen_brow: float = 0.18  # browInnerUp weight
 
 
 class IdleMotion:
@@ -84,6 +93,12 @@ class IdleMotion:
         self.glance_start = -100
         self.head_yaw = 0.0
         self.head_pitch = 0.0
+        self.listening = False
+        self.attend = 0.0  # 0..1, follows `listening`
+        # its own stream, so that a session that never listens idles exactly as before
+        self.listen_rng = np.random.default_rng([seed, 1])
+        self.next_nod = 0
+        self.nod_start = -100
 
     def _blink_gap(self) -> int:
         c = self.cfg
@@ -122,13 +137,26 @@ class IdleMotion:
         a = smoothstep((n - self.glance_start + 1) / self.cfg.glance_frames)
         return self.gaze_from + a * (self.gaze_to - self.gaze_from)
 
+    def _nod(self, n: int) -> float:
+        """0..1 along the current nod (only while listening)."""
+        c = self.cfg
+        if self.listening and n >= self.next_nod:
+            self.nod_start = n
+            gap = self.listen_rng.uniform(0.6, 1.4) * c.listen_nod_interval_s
+            self.next_nod = n + int(gap * FPS)
+        k = (n - self.nod_start) / max(1.0, c.listen_nod_s * FPS)
+        return math.sin(math.pi * k) ** 2 if 0 <= k < 1 else 0.0
+
     def next(self) -> np.ndarray:
         c, n = self.cfg, self.n
         self.n += 1
         out = np.zeros(MOTION_DIM, np.float32)
         blink = self._blink(n)
         out[MOTION_INDEX["eyeBlinkLeft"]] = out[MOTION_INDEX["eyeBlinkRight"]] = blink
-        gx, gy = self._gaze(n) * c.glance_eyes
+        target = 1.0 if self.listening else 0.0
+        self.attend += (target - self.attend) * (1.0 - math.exp(-1.0 / (c.listen_ramp_s * FPS)))
+        a = self.attend
+        gx, gy = self._gaze(n) * c.glance_eyes * (1.0 - (1.0 - c.listen_glance_scale) * a)
         # looking to the image's right: the left eye looks out, the right eye looks in
         out[MOTION_INDEX["eyeLookOutLeft"]] = max(gx, 0.0)
         out[MOTION_INDEX["eyeLookInRight"]] = max(gx, 0.0)
@@ -148,6 +176,10 @@ class IdleMotion:
         out[MOTION_INDEX["headPitch"]] = c.breath_pitch * breath + self.head_pitch
         out[MOTION_INDEX["headTy"]] = c.breath_ty * breath
         out[MOTION_INDEX["headYaw"]] = c.sway_yaw * sway + self.head_yaw
+        if a > 1e-3 or self.listening:
+            out[MOTION_INDEX["headPitch"]] += a * c.listen_nod_pitch * self._nod(n)
+            out[MOTION_INDEX["headRoll"]] += a * c.listen_tilt_roll
+            out[MOTION_INDEX["browInnerUp"]] += a * c.listen_brow
         return out
 
 

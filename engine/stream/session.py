@@ -240,6 +240,14 @@ class Session:
         """Like `set_emotion`, with the style of a clip of motion frames (N, 58)."""
         return self._set_style(self._style(None, 2, motion))
 
+    def set_listening(self, on: bool) -> None:
+        """Show (or stop showing) that the avatar listens: eye contact, small nods, a tilt,
+        raised brows, faded in over ``idle.listen_ramp_s`` while it is silent."""
+        self._check_open()
+        with self._lock:
+            self._inbox.append(("listening", bool(on)))
+        self.engine.wake()
+
     def interrupt(self) -> float:
         """Drop the audio not yet turned into frames, and let the mouth close (over
         ``gate.interrupt_ms``) and the face idle from the first frame not generated yet.
@@ -403,6 +411,8 @@ class Session:
                 core.finish_input()
             elif kind == "style":
                 core.set_style(item[1])
+            elif kind == "listening":
+                core.set_listening(item[1])
             elif kind == "interrupt":
                 cut, _ = core.interrupt()
                 if cut != item[1]:  # cannot happen: the cut is the first block not started
