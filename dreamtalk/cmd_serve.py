@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from server.app import run as serve
     from server.config import ServerConfig
-    from server.rtc import ice_server_urls
+    from server.rtc import IceServer
 
     logging.getLogger("aioice").setLevel(logging.WARNING)
     logging.getLogger("aiortc").setLevel(logging.WARNING)
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         weights=args.weights,
         workers=args.workers,
-        ice_servers=ice_server_urls(args.ice_server),
+        ice_servers=[IceServer.parse(spec) for spec in args.ice_server],
         ice_hosts=list(args.ice_host),
         video_codec=args.video_codec,
         media_timeout_s=args.media_timeout,

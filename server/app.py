@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -103,6 +104,18 @@ def _start_options(request: web.Request, config: ServerConfig) -> tuple[str, int
     return emotion, intensity, q.get("avatar", "default"), codec
 
 
+async def _read_at_most(read: Callable[[int], Awaitable[bytes]], limit: int) -> bytes:
+    """The body, or its first ``limit + 1`` bytes when it is longer (the caller refuses it).
+    One ``read(n)`` returns what has arrived so far, often less than n: loop to the end."""
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = await read(limit + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+
+
 async def _read_offer(request: web.Request, need_audio_in: bool):
     if request.content_type != "application/sdp":
         raise web.HTTPUnsupportedMediaType(
@@ -114,7 +127,7 @@ async def _read_offer(request: web.Request, need_audio_in: bool):
             request.content_length,
             text=f"SDP offer larger than {MAX_SDP_BYTES} bytes",
         )
-    body = await request.content.read(MAX_SDP_BYTES + 1)
+    body = await _read_at_most(request.content.read, MAX_SDP_BYTES)
     if len(body) > MAX_SDP_BYTES:
         raise web.HTTPRequestEntityTooLarge(
             MAX_SDP_BYTES, len(body), text=f"SDP offer larger than {MAX_SDP_BYTES} bytes"
@@ -168,7 +181,7 @@ async def client_config(request: web.Request) -> web.Response:
         {
             "emotions": list(EMOTIONS),
             "intensities": [1, 2, 3],
-            "ice_servers": [{"urls": url} for url in config.ice_servers],
+            "ice_servers": [server.for_browser() for server in config.ice_servers],
             "video_codecs": list(VIDEO_CODECS),
             "default_avatar": "default",
             "max_upload_bytes": config.max_upload_bytes,
@@ -195,12 +208,12 @@ async def upload_avatar(request: web.Request) -> web.Response:
         data = None
         async for part in await request.multipart():
             if part.name == "image":
-                data = await part.read(decode=False)
+                data = await _read_at_most(part.read_chunk, limit)
                 break
         if data is None:
             raise web.HTTPBadRequest(text="the multipart form has no 'image' field")
     else:
-        data = await request.content.read(limit + 1)
+        data = await _read_at_most(request.content.read, limit)
     try:
         entry = store.upload(bytes(data))
     except UploadError as err:

@@ -133,7 +133,9 @@ class AvatarStore:
                     load_avatar, entry.path, self.size, self.directory, progress
                 )
             except ValueError as err:  # PortraitError: a message for the user
-                entry.status, entry.error, entry.stage = "failed", str(err), "failed"
+                # ...that names the file by its path on the server: call it "the photo"
+                message = str(err).replace(str(entry.path), "the photo")
+                entry.status, entry.error, entry.stage = "failed", message, "failed"
                 log.info("avatar %s: registration failed: %s", entry.id, err)
                 return
             except Exception as err:

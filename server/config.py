@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.avatar import CACHE_DIR
+from server.rtc import IceServer
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class ServerConfig:
     max_sessions: int = 4
     weights: str | None = None  # None: weights/
     workers: int = 1  # engine worker threads (cores for the models and the renderer)
-    ice_servers: list[str] = field(default_factory=list)  # stun:/turn: URLs; none by default
+    ice_servers: list[IceServer] = field(default_factory=list)  # none: host candidates only
     ice_hosts: list[str] = field(default_factory=list)  # addresses ICE gathers (None: auto)
     video_codec: str = "vp8"  # default when the offer does not ask
     avatar_dir: Path = CACHE_DIR / "uploads"

@@ -45,7 +45,7 @@ from server.media import (
     SessionClock,
 )
 from server.metrics import Metrics
-from server.rtc import MediaLine, make_peer_connection, prefer_codec
+from server.rtc import IceServer, MediaLine, make_peer_connection, prefer_codec
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class LiveSession:
         self,
         engine: StreamEngine,
         metrics: Metrics,
-        ice_servers: list[str],
+        ice_servers: list[IceServer],
         avatar_id: str,
         on_closed: Callable[[LiveSession], None],
     ):

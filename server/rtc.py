@@ -7,6 +7,8 @@ Three things aiortc has no setting for, each set up once per process by `setup_a
   deployment may want to name its addresses: ``--ice-host``.
 - *Encode time.* The sender runs its encoder in a thread pool; we wrap the encoder factory so
   `/metrics` can report how long each encode took.
+- *ICE consent.* aioice checks consent every 5 s and gives up after 6 failures (30 s); a
+  viewer that vanished would hold its encoder that long. We check every 2 s, 4 failures.
 - *The audio jitter buffer.* aiortc's audio receiver holds 4 packets (80 ms) before decoding
   anything; on loopback and LAN one is enough, and the glass-to-glass latency pays for each.
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 import aioice.ice
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.sdp import SessionDescription
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 AUDIO_CODECS = ("opus", "PCMU", "PCMA")
 VIDEO_CODECS = {"vp8": "VP8", "h264": "H264"}  # what we can send, by query name
 MAX_SDP_BYTES = 64 * 1024
+CONSENT_INTERVAL_S = 2
+CONSENT_FAILURES = 4
 
 
 class OfferError(ValueError):
@@ -96,29 +100,59 @@ def parse_offer(sdp: str, need_audio_in: bool) -> list[MediaLine]:
     return lines
 
 
-def make_peer_connection(ice_servers: list[str]) -> RTCPeerConnection:
+def make_peer_connection(ice_servers: list[IceServer]) -> RTCPeerConnection:
     """A peer connection with exactly the configured ICE servers (none: host candidates only;
     without this aiortc would contact a public STUN server)."""
-    servers = [RTCIceServer(urls=url) for url in ice_servers]
+    servers = [RTCIceServer(s.url, s.username, s.credential) for s in ice_servers]
     return RTCPeerConnection(configuration=RTCConfiguration(iceServers=servers))
 
 
-def ice_server_urls(specs: list[str]) -> list[str]:
-    """Validate ``--ice-server`` values (stun:host:port or turn:user:pass@host:port)."""
-    for spec in specs:
-        if not spec.startswith(("stun:", "turn:", "turns:")):
-            raise ValueError(f"--ice-server {spec!r}: must start with stun:, turn: or turns:")
-    return list(specs)
-
-
 def prefer_codec(transceiver, codec: str) -> None:
-    """Put ``codec`` (``vp8`` / ``h264``) first among the video codecs we answer with."""
-    name = VIDEO_CODECS[codec]
-    codecs = RTCRtpSender.getCapabilities("video").codecs
-    preferred = [c for c in codecs if c.name == name]
-    rest = [c for c in codecs if c.name != name and c.name != "rtx"]
-    rtx = [c for c in codecs if c.name == "rtx"]
-    transceiver.setCodecPreferences(preferred + rest + rtx)
+    """Send ``codec`` (``vp8`` / ``h264``) on a video transceiver whose remote offer has been
+    set. aiortc negotiates codecs in `setRemoteDescription` (and `setCodecPreferences` only
+    filters by exact parameters), so the negotiated list is reordered: the sender encodes with
+    its first codec. OfferError when the offer does not have it."""
+    name = VIDEO_CODECS[codec].lower()
+    codecs = transceiver._codecs  # aiortc's negotiated list: no public setter
+    wanted = [c for c in codecs if c.mimeType.lower() == f"video/{name}"]
+    if not wanted:
+        raise OfferError(f"the offer has no {VIDEO_CODECS[codec]} video (video_codec={codec})")
+    rtx = {c.parameters.get("apt"): c for c in codecs if c.mimeType.lower() == "video/rtx"}
+    ordered = []
+    for c in wanted + [c for c in codecs if c not in wanted and c.mimeType.lower() != "video/rtx"]:
+        ordered.append(c)
+        if c.payloadType in rtx:
+            ordered.append(rtx[c.payloadType])
+    transceiver._codecs = ordered
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """One ``--ice-server``: ``stun:host:port`` or ``turn:user:password@host:port``
+    (``turns:`` too); the browser gets it in `RTCIceServer` form."""
+
+    url: str
+    username: str | None = None
+    credential: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> IceServer:
+        scheme, _, rest = spec.partition(":")
+        if scheme not in ("stun", "turn", "turns") or not rest:
+            raise ValueError(
+                f"--ice-server {spec!r}: use stun:HOST:PORT or turn:USER:PASS@HOST:PORT"
+            )
+        if "@" in rest:
+            credentials, _, host = rest.rpartition("@")
+            user, _, password = credentials.partition(":")
+            return cls(f"{scheme}:{host}", user, password)
+        return cls(spec)
+
+    def for_browser(self) -> dict:
+        out: dict = {"urls": self.url}
+        if self.username is not None:
+            out.update(username=self.username, credential=self.credential)
+        return out
 
 
 # ---- process-wide setup ---------------------------------------------------------------------
@@ -147,6 +181,8 @@ def setup_aiortc(
         return [h for h in hosts if (":" in h and use_ipv6) or (":" not in h and use_ipv4)]
 
     aioice.ice.get_host_addresses = host_addresses
+    aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL_S
+    aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
 
     def get_encoder(codec):
         encoder = _original_get_encoder(codec)
