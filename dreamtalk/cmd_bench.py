@@ -1,4 +1,5 @@
-"""`dreamtalk bench ...`: benchmarks (renderer ms per frame; live streaming figures)."""
+"""`dreamtalk bench ...`: benchmarks (renderer ms per frame; live streaming figures; the
+browser end to end)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--tradeoff", action="store_true", help="also measure the H/O/look-ahead trade-off table"
     )
     stream.set_defaults(func=_run_stream)
+    e2e = bench.add_parser(
+        "e2e", help="browser end to end: fps, lip sync, glass-to-glass latency (Chromium)"
+    )
+    e2e.add_argument("--json", action="store_true", help="print one JSON object")
+    e2e.add_argument("--weights", default=None, help="checkpoint folder (default: weights/)")
+    e2e.add_argument("--seconds", type=float, default=20.0, help="seconds of avatar captured (20)")
+    e2e.add_argument("--runs", type=int, default=1, help="runs; medians are printed (1)")
+    e2e.add_argument("--port", type=int, default=None, help="server port (default: a free one)")
+    e2e.add_argument("--headed", action="store_true", help="show the browser window")
+    e2e.add_argument("--keep", default=None, help="keep WAV, logs, frames and CSVs in this folder")
+    e2e.set_defaults(func=_run_e2e)
 
 
 def _run_render(args: argparse.Namespace) -> None:
@@ -43,3 +55,9 @@ def _run_stream(args: argparse.Namespace) -> None:
     from dreamtalk.bench_stream import main_stream
 
     main_stream(args)
+
+
+def _run_e2e(args: argparse.Namespace) -> None:
+    from dreamtalk.bench_e2e import main_e2e
+
+    main_e2e(args)
