@@ -93,9 +93,10 @@ STATE = web.AppKey("state", ServerState)
 def _start_options(request: web.Request, config: ServerConfig) -> tuple[str, int, str, str]:
     q = request.query
     emotion = q.get("emotion", "neutral")
+    raw = q.get("intensity", "2")
     try:
         emotion_index(emotion)
-        intensity = check_intensity(int(q.get("intensity", "2")))
+        intensity = check_intensity(int(raw) if raw.isascii() and raw.isdigit() else raw)
     except ValueError as err:
         raise web.HTTPBadRequest(text=str(err)) from None
     codec = q.get("video_codec", config.video_codec).lower()
@@ -327,6 +328,8 @@ async def control(request: web.Request) -> web.Response:
 async def new_session_socket(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     emotion, intensity, avatar_id, _ = _start_options(request, state.config)
+    if not web.WebSocketResponse().can_prepare(request).ok:  # else the session would leak
+        raise web.HTTPBadRequest(text="GET /ws is a WebSocket: send an upgrade request")
     session = await state.open_session(avatar_id, emotion, intensity)
     return await assistant.serve_socket(request, session, owns=True)
 

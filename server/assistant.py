@@ -79,6 +79,8 @@ def handle(session: LiveSession, api: AssistantInput, message: dict) -> dict | N
         api.rate = rate
         return {"type": "audio_format", "sample_rate": rate}
     if kind == "set_emotion":
+        if not isinstance(message.get("emotion"), str):
+            raise ProtocolError("bad_emotion", "set_emotion needs 'emotion': an emotion's name")
         try:
             pts = session.set_emotion(message.get("emotion"), message.get("intensity", 2))
         except (ValueError, TypeError) as err:
@@ -157,6 +159,9 @@ async def serve_socket(
                 reply = handle(session, api, parse(msg.data))
             except ProtocolError as err:
                 reply = error_event(err)
+            except Exception as err:  # our bug: say so, keep the session
+                log.exception("session %s: message failed", session.id)
+                reply = {"type": "error", "code": "internal", "message": f"server error: {err!r}"}
             if reply is not None:
                 await ws.send_json(reply)
     finally:

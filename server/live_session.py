@@ -270,7 +270,7 @@ class LiveSession:
                 reason = (
                     "publisher's audio ended"
                     if isinstance(err, MediaStreamError)
-                    else (f"no audio from the publisher for {timeout:.0f} s")
+                    else (f"no audio from the publisher for {timeout:g} s")
                 )
                 await self.close(reason)
                 return
@@ -394,7 +394,7 @@ class LiveSession:
 
     def _current_state(self, now: float) -> str:
         playing = any(u.started and (u.end_s is None or now < u.end_s) for u in self._utterances)
-        shown = int(now * FPS)
+        shown = int(np.floor(now * FPS))  # int() would show frame 0 before it is due
         talking = any(i <= shown and s >= 0.5 for i, s in self._speech if i >= shown - 2)
         if playing or talking:
             return "speaking"
@@ -476,7 +476,7 @@ class LiveSession:
         deadline = time.monotonic() + timeout
         while peer.pc.connectionState != "connected":
             if time.monotonic() > deadline:
-                await self._peer_gone(peer, f"not connected after {timeout:.0f} s")
+                await self._peer_gone(peer, f"not connected after {timeout:g} s")
                 return
             await asyncio.sleep(0.1)
 

@@ -97,6 +97,8 @@ def parse_offer(sdp: str, need_audio_in: bool) -> list[MediaLine]:
         raise OfferError("the offer receives neither audio nor video")
     if "a=candidate" not in sdp and "a=ice-ufrag" not in sdp:
         raise OfferError("the offer has no ICE credentials")
+    if "a=fingerprint:" not in sdp:  # aiortc would answer it, and DTLS could never connect
+        raise OfferError("the offer has no DTLS fingerprint (a=fingerprint)")
     return lines
 
 
