@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -44,17 +45,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=10.0,
         help="seconds without audio from a publisher before its session ends",
     )
+    latency = p.add_argument_group("latency (docs/streaming.md has the trade-off)")
+    latency.add_argument("--hop-frames", type=int, help="frames per EmoDiff window step")
+    latency.add_argument("--lookahead-frames", type=int, help="audio look-ahead, frames")
+    latency.add_argument("--jitter-ms", type=float, help="how late audio may arrive")
+    latency.add_argument("--compute-margin-ms", type=float, help="playout delay kept for compute")
+    latency.add_argument("--playout-delay-ms", type=float, help="fixed delay (default: derived)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from server.app import run as serve
-    from server.config import ServerConfig
+    from server.config import SERVER_STREAM, ServerConfig
     from server.rtc import IceServer
 
     logging.getLogger("aioice").setLevel(logging.WARNING)
     logging.getLogger("aiortc").setLevel(logging.WARNING)
     extra = {"avatar_dir": args.avatar_dir} if args.avatar_dir else {}
+    stream = {
+        name: value
+        for name, value in (
+            ("hop_frames", args.hop_frames),
+            ("lookahead_frames", args.lookahead_frames),
+            ("jitter_ms", args.jitter_ms),
+            ("compute_margin_ms", args.compute_margin_ms),
+            ("playout_delay_ms", args.playout_delay_ms),
+        )
+        if value is not None
+    }
     config = ServerConfig(
         host=args.host,
         port=args.port,
@@ -67,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         ice_hosts=list(args.ice_host),
         video_codec=args.video_codec,
         media_timeout_s=args.media_timeout,
+        stream=dataclasses.replace(SERVER_STREAM, **stream),
         **extra,
     )
     serve(config)

@@ -360,7 +360,7 @@ def create_app(config: ServerConfig, engine: StreamEngine | None = None) -> web.
             if config.weights
             else (MotionModels.load_default())
         )
-        engine = StreamEngine(models, workers=config.workers)
+        engine = StreamEngine(models, config.stream, workers=config.workers)
     state = ServerState(config, engine)
     app = web.Application(
         middlewares=[plain_errors], client_max_size=config.max_upload_bytes + 65536

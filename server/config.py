@@ -6,7 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.avatar import CACHE_DIR
+from engine.stream.config import StreamConfig
 from server.rtc import IceServer
+
+# The engine's clock for the server; see docs/server.md for the latency budget it sets.
+SERVER_STREAM = StreamConfig()
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,8 @@ class ServerConfig:
     media_timeout_s: float = 10.0  # no audio from a publisher this long: it is gone
     connect_timeout_s: float = 20.0  # ICE + DTLS must connect within this
     retry_after_s: int = 10  # told to clients refused for --max-sessions
+    # The live engine's windows and clock (docs/streaming.md): the latency/quality trade-off.
+    stream: StreamConfig = SERVER_STREAM
 
     def __post_init__(self) -> None:
         if self.size not in (256, 512):

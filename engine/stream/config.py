@@ -56,7 +56,8 @@ class StreamConfig:
     max_lead_ms: float = 240.0
     # A frame is due this long after its pts on the session clock; one not rendered by then is
     # dropped (counted). The server plays frame n and its audio at t0 + n / 25 + playout_delay.
-    playout_delay_ms: float | None = None  # None: look-ahead + hop + jitter + 40 ms of compute
+    playout_delay_ms: float | None = None  # None: look-ahead + hop + jitter + compute margin
+    compute_margin_ms: float = 40.0  # the part of the default playout delay left for compute
     max_queued_frames: int = 250  # unpulled frames kept (live: oldest dropped; offline: waits)
     max_buffered_s: float = 600.0  # audio accepted ahead of generation before refusing more
 
@@ -71,8 +72,10 @@ class StreamConfig:
             raise ValueError(f"refine_context_frames must be >= 0: {self.refine_context_frames}")
         if self.lookahead_frames is not None and self.lookahead_frames < 0:
             raise ValueError(f"lookahead_frames must be >= 0, got {self.lookahead_frames}")
-        if self.jitter_ms < 0 or self.max_lead_ms < 0:
-            raise ValueError("jitter_ms and max_lead_ms must be >= 0")
+        if self.jitter_ms < 0 or self.max_lead_ms < 0 or self.compute_margin_ms < 0:
+            raise ValueError("jitter_ms, max_lead_ms and compute_margin_ms must be >= 0")
+        if self.playout_delay_ms is not None and self.playout_delay_ms < 0:
+            raise ValueError(f"playout_delay_ms must be >= 0, got {self.playout_delay_ms}")
         if self.max_queued_frames < 1:
             raise ValueError("max_queued_frames must be at least 1")
 
@@ -80,4 +83,4 @@ class StreamConfig:
         if self.playout_delay_ms is not None:
             return self.playout_delay_ms / 1000.0
         frames = lookahead + self.hop_frames
-        return frames / FPS + 0.0075 + self.jitter_ms / 1000.0 + 0.040
+        return frames / FPS + 0.0075 + (self.jitter_ms + self.compute_margin_ms) / 1000.0
