@@ -168,19 +168,21 @@ def setup_aiortc(
     listen_host: str,
     on_encode: Callable[[str, float], None] | None = None,
     audio_prefetch: int = 1,
-) -> list[str] | None:
-    """Configure aiortc for this process (see the module docstring). Returns the host
-    addresses ICE gathers (None: every non-loopback interface, aioice's default)."""
+) -> None:
+    """Configure aiortc for this process (see the module docstring). ICE gathers on
+    ``ice_hosts`` when given; else on every interface but loopback (aioice's default) plus
+    127.0.0.1 when the server listens on loopback: a browser on the same machine pairs with
+    whichever it can (Chromium and Firefox leave their own loopback out by default)."""
     hosts = list(ice_hosts or [])
     for host in hosts:
         ipaddress.ip_address(host)  # ValueError names a bad --ice-host
-    if not hosts and _is_loopback(listen_host):
-        hosts = ["127.0.0.1"]
+    loopback = not hosts and _is_loopback(listen_host)
 
     def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        if not hosts:
-            return _original_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
-        return [h for h in hosts if (":" in h and use_ipv6) or (":" not in h and use_ipv4)]
+        if hosts:
+            return [h for h in hosts if (":" in h and use_ipv6) or (":" not in h and use_ipv4)]
+        found = _original_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+        return ["127.0.0.1", *found] if loopback and use_ipv4 else found
 
     aioice.ice.get_host_addresses = host_addresses
     aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL_S
@@ -198,8 +200,7 @@ def setup_aiortc(
         return _original_jitter_buffer(capacity, prefetch=prefetch, is_video=is_video)
 
     aiortc.rtcrtpreceiver.JitterBuffer = jitter_buffer
-    log.info("ICE host addresses: %s", ", ".join(hosts) if hosts else "all but loopback")
-    return hosts or None
+    log.info("ICE host addresses: %s", ", ".join(host_addresses(True, True)))
 
 
 class _TimedEncoder:
