@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from engine.blendshapes import MOTION_DIM, MOTION_INDEX
 from engine.data.phonemes import Viseme, is_bilabial, viseme_class, vowel_shape
@@ -339,18 +340,20 @@ CHANNEL_GAP = {
 LIPS_CLOSED_IOD = 0.02  # about one pixel at 256 px: lips touching
 
 
-def lip_opening(motion: np.ndarray) -> np.ndarray:
+def lip_opening(motion: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Gap between the lips at their centre, in IOD, for motion frames (..., MOTION_DIM).
 
     jawOpen opens the gap; mouthClose cancels most of the jaw's drop on the lower lip and
     brings the upper lip down (the rig keeps (1 - 0.75 c)(1 - 0.35 c) of it); mouthLowerDown,
     mouthUpperUp, mouthFunnel, mouthShrugUpper and jawForward add their own gap; pucker, press,
-    smile, stretch and frown move the lips without parting them.
+    smile, stretch and frown move the lips without parting them. A torch tensor in gives a
+    differentiable tensor out (the lip refiner trains on it).
     """
-    m = np.asarray(motion, dtype=np.float64)
-    w = np.clip(m[..., : MOTION_INDEX["headPitch"]], 0.0, 1.0)
+    is_tensor = isinstance(motion, torch.Tensor)
+    m = motion if is_tensor else np.asarray(motion, dtype=np.float64)
+    w = m[..., : MOTION_INDEX["headPitch"]].clip(0.0, 1.0)
 
-    def ch(name: str) -> np.ndarray:
+    def ch(name: str):
         if name in MOTION_INDEX:
             return w[..., MOTION_INDEX[name]]
         return 0.5 * (w[..., MOTION_INDEX[name + "Left"]] + w[..., MOTION_INDEX[name + "Right"]])
@@ -359,7 +362,7 @@ def lip_opening(motion: np.ndarray) -> np.ndarray:
     gap = (JAW_GAP[0] * j + JAW_GAP[1] * j**2) * (1 - 0.75 * c) * (1 - 0.35 * c)
     for name, k in CHANNEL_GAP.items():
         gap = gap + k * ch(name)
-    return np.maximum(gap, 0.0)
+    return gap.clamp(min=0.0) if is_tensor else np.maximum(gap, 0.0)
 
 
 def lips_closed(motion: np.ndarray, threshold: float = LIPS_CLOSED_IOD) -> np.ndarray:

@@ -115,7 +115,10 @@ class LipRefiner(nn.Module):
     def forward(
         self, feats: torch.Tensor, motion: torch.Tensor, style: torch.Tensor
     ) -> torch.Tensor:
-        mouth = self.predict_mouth(feats, motion, style)
+        return self.with_mouth(motion, self.predict_mouth(feats, motion, style))
+
+    def with_mouth(self, motion: torch.Tensor, mouth: torch.Tensor) -> torch.Tensor:
+        """Raw ``motion`` with its mouth channels replaced by normalised ``mouth``."""
         mean = self.motion_norm.mean[self.mouth_index]
         std = self.motion_norm.std[self.mouth_index]
         return motion * self.keep + (mouth * std + mean) @ self.scatter

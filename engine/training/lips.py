@@ -21,9 +21,14 @@ Sync-sensitive objective on the predicted mouth channels (normalised):
     L = mean w_f |m_hat - m|                   w_f = 1 + closure_weight on closed-lip frames
       + velocity_weight * mean |dm_hat - dm|   articulation speed
       + corr_weight * mean (1 - corr_t(m_hat, m)) over the articulation channels
+      + seal_weight * mean over lips-closed frames of relu(gap_hat - gap_tol) / LIPS_CLOSED_IOD
 
 Closed-lip frames (jawOpen below ``closed_jaw`` in raw units) are where bilabials live: an L1
-fit would happily leave the lips slightly parted there. The correlation term is invariant to
+fit would happily leave the lips slightly parted there. The seal term says it in the units the
+eye (and `bilabial_closure_rate`) judges: where the target's lips touch (`lip_opening` under
+`LIPS_CLOSED_IOD`), the predicted gap, through the same differentiable `lip_opening`, must be
+under ``seal_tolerance`` of it; every blendshape combination that parts the lips is penalised,
+not only the jaw. The correlation term is invariant to
 offset and scale, so it rewards the curve's timing (lag 0), which L1 rewards only weakly.
 """
 
@@ -39,6 +44,7 @@ import torch.nn.functional as F
 
 from engine.blendshapes import MOTION_INDEX
 from engine.data.corpus import SplitArrays
+from engine.data.visemes import LIPS_CLOSED_IOD, lip_opening
 from engine.models import EmoDiff, LipRefiner
 from engine.training.common import JAW, MOUTH, mean_metrics, motion_metrics, pearson, set_stats
 from engine.training.loop import WindowTask
@@ -73,6 +79,8 @@ class LipsTrainConfig:
     corr_weight: float = 0.5
     closure_weight: float = 2.0
     closed_jaw: float = 0.08
+    seal_weight: float = 1.0
+    seal_tolerance: float = 0.5  # of LIPS_CLOSED_IOD
     val_batches: int = 2
     val_batch_size: int = 64
 
@@ -120,6 +128,14 @@ def degrade_mouth(x: torch.Tensor, tcfg: LipsTrainConfig) -> torch.Tensor:
     x = x.clone()
     x[..., MOUTH] = out
     return x
+
+
+def seal_loss(refined: torch.Tensor, target: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Raw motion (B, T, 58): how far the refined lips stay parted where the target's touch,
+    in `LIPS_CLOSED_IOD` units, beyond ``tolerance`` of it; 0 without such frames."""
+    sealed = lip_opening(target) < LIPS_CLOSED_IOD
+    excess = F.relu(lip_opening(refined) - tolerance * LIPS_CLOSED_IOD) / LIPS_CLOSED_IOD
+    return (excess * sealed).sum() / sealed.sum().clamp(min=1)
 
 
 def refiner_losses(
@@ -182,13 +198,18 @@ class LipsTask(WindowTask):
         degraded = model.motion_norm.denormalize(degrade_mouth(x, self.tcfg))
         pred = model.predict_mouth(feats, degraded, style)
         closed = target[..., JAW] < self.tcfg.closed_jaw
-        return refiner_losses(pred, x[..., MOUTH], closed, self.tcfg), feats, degraded, style
+        parts = refiner_losses(pred, x[..., MOUTH], closed, self.tcfg)
+        parts["seal"] = seal_loss(
+            model.with_mouth(degraded, pred), target, self.tcfg.seal_tolerance
+        )
+        return parts, feats, degraded, style
 
     def loss(self, model: LipRefiner, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.sampler.sample(self.batch_size)
         parts, *_ = self._losses(model, batch, self.tcfg.p_clip, self.tcfg.p_offset)
         t = self.tcfg
         loss = parts["l1"] + t.velocity_weight * parts["vel"] + t.corr_weight * parts["corr"]
+        loss = loss + t.seal_weight * parts["seal"]
         return loss, {k: v.item() for k, v in parts.items()}
 
     @torch.no_grad()
@@ -201,6 +222,9 @@ class LipsTask(WindowTask):
             refined = model(feats, degraded, style)
             m = motion_metrics(refined, batch.motion)
             m["input_jaw_corr"] = motion_metrics(degraded, batch.motion)["jaw_corr"]
+            sealed = lip_opening(batch.motion) < LIPS_CLOSED_IOD
+            hit = (lip_opening(refined) < LIPS_CLOSED_IOD) & sealed
+            m["seal_rate"] = float(hit.sum() / sealed.sum().clamp(min=1))  # lips touch there too
             # from the audio alone: the input mouth held at its window mean
             still = batch.motion.clone()
             still[..., MOUTH] = still[..., MOUTH].mean(dim=1, keepdim=True)
