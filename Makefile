@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo lint bench clean
 
-# Debian packages the project runs: espeak-ng (speech synthesis for the training corpus) and
-# chromium (the browser of the end-to-end test; Playwright's own download cannot work here).
-SYSTEM_PACKAGES := espeak-ng libespeak-ng1 chromium
+# Debian packages the project runs: espeak-ng (speech synthesis for the training corpus), and
+# chromium and firefox-esr (the browsers of the page's tests; Playwright's download cannot
+# work here: it drives Debian's chromium, and Firefox is driven over WebDriver BiDi).
+SYSTEM_PACKAGES := espeak-ng libespeak-ng1 chromium firefox-esr
 
 $(STAMP): pyproject.toml Makefile
 	@dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
