@@ -79,7 +79,7 @@ class LipsTrainConfig:
     corr_weight: float = 0.5
     closure_weight: float = 2.0
     closed_jaw: float = 0.08
-    seal_weight: float = 1.0
+    seal_weight: float = 0.1  # sweep in docs/models.md: 0.3 closes more, costs lip-sync
     seal_tolerance: float = 0.5  # of LIPS_CLOSED_IOD
     val_batches: int = 2
     val_batch_size: int = 64
