@@ -417,3 +417,32 @@ def test_listening_nods_and_keeps_eye_contact_in_silence():
     listener.listening = False
     after = np.stack([listener.next() for _ in range(100)])
     assert after[-1, brow] < 0.01  # faded out
+
+
+def test_sessions_opening_and_closing_from_many_threads_never_hang(models):
+    """The last session closing stops the workers while another thread opens one: neither may
+    wait forever (a shared stop flag once let a worker miss its stop and the join hang)."""
+    import threading
+
+    engine = StreamEngine(models, workers=2)
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        try:
+            for _ in range(15):
+                engine.open_session(render=False).close()
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=churn) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "open/close from several threads hung"
+    assert not errors, errors
+    session = engine.open_session(render=False)  # and the engine still works
+    session.push_audio(np.zeros(16000, np.float32))
+    session.flush()
+    assert session.drain(30) and session.pull_frames()
+    engine.close()

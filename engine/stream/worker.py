@@ -63,6 +63,14 @@ class ManualClock:
             self._listeners.remove(wake)
 
 
+class _Worker:
+    """A worker thread and its own stop flag (read and written under the engine's lock)."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread
+        self.stop = False
+
+
 class StreamEngine:
     """Models, renderers and worker threads shared by live sessions.
 
@@ -96,8 +104,7 @@ class StreamEngine:
         self._renderers: dict[int, Renderer] = {}
         self._cond = threading.Condition()
         self._sessions: list[Session] = []
-        self._threads: list[threading.Thread] = []
-        self._stopping = False
+        self._workers: list[_Worker] = []
         if isinstance(self.clock, ManualClock):
             self.clock.subscribe(self.wake)
 
@@ -126,8 +133,6 @@ class StreamEngine:
         session = Session(self, avatar, emotion, intensity, seed, style_clip, render, size,
                           on_frames)  # fmt: skip
         with self._cond:
-            if self._stopping:
-                raise RuntimeError("engine is closed")
             self._sessions.append(session)
             self._start_workers()
             self._cond.notify_all()
@@ -175,25 +180,31 @@ class StreamEngine:
 
     # ---- workers --------------------------------------------------------------------------
     def _start_workers(self) -> None:  # holding _cond
-        self._threads = [t for t in self._threads if t.is_alive()]
-        while len(self._threads) < self.num_workers:
-            t = threading.Thread(
-                target=self._work, name=f"dreamtalk-stream-{len(self._threads)}", daemon=True
+        self._workers = [w for w in self._workers if w.thread.is_alive() and not w.stop]
+        while len(self._workers) < self.num_workers:
+            worker = _Worker()
+            worker.thread = threading.Thread(
+                target=self._work,
+                args=(worker,),
+                name=f"dreamtalk-stream-{len(self._workers)}",
+                daemon=True,
             )
-            self._threads.append(t)
-            t.start()
+            self._workers.append(worker)
+            worker.thread.start()
 
     def _stop_workers(self) -> None:
+        # Each worker has its own stop flag: with one shared flag, a session closing while
+        # another opens could clear it before a worker saw it, and the join never returned.
         with self._cond:
-            self._stopping = True
+            workers, self._workers = self._workers, []
+            for w in workers:
+                w.stop = True
             self._cond.notify_all()
-            threads, self._threads = self._threads, []
-        for t in threads:
-            if t is not threading.current_thread():
-                t.join()
+        for w in workers:
+            if w.thread is not threading.current_thread():
+                w.thread.join()
         with self._cond:
-            self._stopping = False
-            if self._sessions:  # a session opened while stopping
+            if self._sessions:  # a session opened meanwhile
                 self._start_workers()
 
     def _pick(self, now: float) -> tuple[Session | None, float | None]:
@@ -209,11 +220,11 @@ class StreamEngine:
                 wake_at = event
         return best, wake_at
 
-    def _work(self) -> None:
+    def _work(self, me: _Worker) -> None:
         while True:
             with self._cond:
                 while True:
-                    if self._stopping:
+                    if me.stop:
                         return
                     now = self.now()
                     session, wake_at = self._pick(now)
