@@ -25,6 +25,10 @@ project's own face tracker (MediaPipe face detection and face mesh, as portrait 
 and `data prepare` use them) finds the lips, and the opening is the area of the mouth
 interior the renderer draws between them (teeth and cavity), in inter-ocular distances (IOD)
 squared; see `mouth_interior` for why not the mesh's own lip gap. From it:
+At 512 px (the default here) the face mesh's inner lips follow the avatar's lip gap (r = 0.95
+against the rig's own opening), so the opening analysed is that gap and the interior area is
+the reference; at 256 px the other way round. A smile that bares teeth with the lips closed
+counts as open in the interior area, not in the lip gap.
 - the Pearson correlation of the mouth opening with the input loudness envelope (40 ms RMS
   in dB, floored 50 dB below the speech's peak), at the best lag in 0..800 ms;
 - the share of frames with the mouth open while the input is silent (shifted by that lag);
@@ -243,7 +247,7 @@ class E2EResult:
     audio_energy: float  # inbound-rtp audio totalAudioEnergy
     mouth_env_corr: float  # mouth opening vs input loudness, Pearson, at the best lag
     lag_at_best_corr_ms: float
-    mesh_gap_corr: float  # the face mesh's lip gap vs input loudness at that lag (reference)
+    mesh_gap_corr: float  # the other mouth measure vs input loudness at that lag (reference)
     silence_open_fraction: float  # frames with the mouth open during input silences
     latency_ms: list[float]  # glass to glass, one per speech onset (see the module docstring)
     latency_p50_ms: float | None
@@ -261,6 +265,7 @@ class E2EResult:
     seconds: float
     weights: str
     notes: list[str] = field(default_factory=list)
+    mouth_measure: str = "mouth interior (IOD^2)"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -621,7 +626,12 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def analyse(
-    record: PageRecord, opening: np.ndarray, gap: np.ndarray, seconds: float, weights: str
+    record: PageRecord,
+    opening: np.ndarray,
+    gap: np.ndarray,
+    seconds: float,
+    weights: str,
+    closed_by: np.ndarray | None = None,
 ) -> E2EResult:
     """The figures of one run from the page's record, the mouth opening (interior area) and
     the mesh's lip gap per frame."""
@@ -702,7 +712,13 @@ def analyse(
     for a, b in silences:
         in_silence |= (at >= a + SILENCE_MARGINS_MS[0]) & (at <= b - SILENCE_MARGINS_MS[1])
     if in_silence.any():
-        result.silence_open_fraction = float((fo[in_silence] > threshold).mean())
+        # "open" in silence is judged on ``closed_by`` when given: the interior area, where
+        # lips apart show teeth or the cavity (a smile's lips may read as a small mesh gap)
+        so = fo if closed_by is None else closed_by[use]
+        lo, hi = np.percentile(so, 5), np.percentile(so, 95)
+        result.silence_open_fraction = float(
+            (so[in_silence] > lo + OPEN_FRACTION * (hi - lo)).mean()
+        )
     else:
         notes.append("no frames fell in an input silence")
 
@@ -772,9 +788,11 @@ def run_e2e(
     headless: bool = True,
     keep_dir: str | Path | None = None,
     server_args: Sequence[str] = (),
+    size: int = 512,
 ) -> E2EResult:
     """One end-to-end run: speech WAV, server, browser, analysis. ``weights`` is passed to
-    ``dreamtalk serve --weights`` (None: the server's default), ``server_args`` after it.
+    ``dreamtalk serve --weights`` (None: the server's default), ``server_args`` after it;
+    ``size`` is the avatar's (512: the mouth is the tracked lip gap; 256: its interior).
     ``keep_dir`` keeps the WAV, the server's output and a per-frame CSV (time, mouth opening)
     there."""
     with tempfile.TemporaryDirectory(prefix="dreamtalk-e2e-") as tmp:
@@ -788,19 +806,23 @@ def run_e2e(
             str(weights) if weights else None,
             port or free_port(),
             server_log,
-            extra_args=server_args,
+            extra_args=["--size", str(size), *server_args],
         ) as url:
             try:
                 record = run_browser(url, wav.path, seconds, headless=headless)
             except E2EError as err:
                 raise E2EError(f"{err}\nserver output:\n{_tail(server_log)}") from err
         started = time.monotonic()
-        opening, gap = track_mouth(record.jpegs)
-        log.info("tracked %d frames in %.1f s", len(opening), time.monotonic() - started)
+        interior, gap = track_mouth(record.jpegs)
+        log.info("tracked %d frames in %.1f s", len(gap), time.monotonic() - started)
         label = str(weights) if weights else "server default"
-        result = analyse(record, opening, gap, seconds, label)
+        if size >= 512:  # the face mesh follows the lips: measure the lip gap itself
+            result = analyse(record, gap, interior, seconds, label, closed_by=interior)
+            result.mouth_measure = "mesh lip gap (IOD)"
+        else:
+            result = analyse(record, interior, gap, seconds, label)
         if keep_dir:
-            _keep(work, record, opening, gap, result)
+            _keep(work, record, interior, gap, result)
     return result
 
 
@@ -854,6 +876,7 @@ def print_report(summary: dict[str, Any]) -> None:
           f"video {first['video_size'][0]}x{first['video_size'][1]}")  # fmt: skip
     print(f"frames per second: rendered {f(m['fps_rendered'])}, decoded {f(m['fps_decoded'])}")
     print(f"remote audio: {first['audio_bytes']} bytes, energy {first['audio_energy']:.3g}")
+    print(f"mouth measure: {first['mouth_measure']}")
     print(f"mouth vs input loudness: r = {f(m['mouth_env_corr'], '.3f')} at lag "
           f"{f(m['lag_at_best_corr_ms'], '.0f')} ms; mouth open in silences: "
           f"{f(m['silence_open_fraction'], '.1%')}")  # fmt: skip
@@ -884,6 +907,7 @@ def main_e2e(args: Any) -> None:
                 not args.headed,
                 keep_dir=keep,
                 server_args=shlex.split(args.server_args or ""),
+                size=args.size,
             )
         )
     summary = summarise(results)

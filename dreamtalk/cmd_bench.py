@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e2e.add_argument("--port", type=int, default=None, help="server port (default: a free one)")
     e2e.add_argument("--headed", action="store_true", help="show the browser window")
     e2e.add_argument("--keep", default=None, help="keep WAV, logs, frames and CSVs in this folder")
+    e2e.add_argument("--size", type=int, default=512, choices=(256, 512), help="avatar size (512)")
     e2e.add_argument(
         "--server-args", default="", help="more `dreamtalk serve` options, e.g. '--hop-frames 1'"
     )

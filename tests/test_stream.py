@@ -360,13 +360,14 @@ def test_config_is_checked(models):
 
 
 def test_streamed_lip_refinement_equals_refining_the_whole_utterance(models, speech, monkeypatch):
-    """The causal refiner gets its whole receptive field: what a session emits (gate and idle
-    off) is the refiner run once over all of EmoDiff's output, pre-roll included."""
+    """The causal refiner gets its whole receptive field: what a session emits (gate, idle and
+    smoothing off) is the refiner run once over all of EmoDiff's output, pre-roll included."""
     from engine.stream.core import SessionCore
     from engine.stream.idle import GateConfig, IdleConfig
 
     monkeypatch.setattr(SessionCore, "_trim", lambda self: None)  # keep every frame to compare
-    cfg = StreamConfig(idle=IdleConfig(enabled=False), gate=GateConfig(enabled=False))
+    off = dict(idle=IdleConfig(enabled=False), gate=GateConfig(enabled=False), smooth_ms=0.0)
+    cfg = StreamConfig(**off)
     style = models.style_from_emotion("happy", 2)
     core = SessionCore(models, cfg, style, seed=0)
     assert core.R == models.refiner_context > 0

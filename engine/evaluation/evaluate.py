@@ -59,6 +59,7 @@ from engine.evaluation.emotion_classifier import ClassifierConfig, EmotionClassi
 from engine.evaluation.features import FeatureConfig, FeatureSpace
 from engine.motion_model import DEFAULT_FILES, FULL_SAMPLER_STEPS, MotionModels
 from engine.stream.config import StreamConfig
+from engine.stream.core import Smoother
 from engine.stream.offline import render_motion
 from engine.timebase import SAMPLE_RATE
 
@@ -299,7 +300,10 @@ def run_stream(models: _Timed, sample: Sample, seed: int, scfg: StreamConfig) ->
     n = sample.num_frames
     if len(out) != n:
         raise RuntimeError(f"{sample.sample_id}: {len(out)} frames from {n} frames of audio")
-    raw = np.concatenate(models.raw_blocks)[:n] if models.refiner is not None else out
+    if models.refiner is not None:  # EmoDiff's output as the session would emit it unrefined
+        raw = Smoother(scfg.smooth_ms).apply(np.concatenate(models.raw_blocks)[:n])
+    else:
+        raw = out
     refined = out if models.refiner is not None else None
     return Run(raw, refined, seconds, models.refine_s, models.window_s, models.windows)
 

@@ -43,6 +43,11 @@ class StreamConfig:
     steps: int | None = None  # sampler steps (None: the model's default)
     guidance: float | None = None  # classifier-free guidance (None: the model's default)
     emotion_ramp_ms: float = 480.0  # style crossfade after set_emotion
+    # One-pole low-pass on every channel but the mouth's (expression, eyes, head pose), per
+    # emitted frame: each block's 2 new frames come from a fresh sample, and the sample-to-sample
+    # spread shows as jitter at 12.5 Hz that no face has. The mouth is the refiner's (smooth,
+    # and it must stay on time). 0: off.
+    smooth_ms: float = 60.0
     # ---- silence --------------------------------------------------------------------------
     vad: VadConfig = field(default_factory=VadConfig)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -66,6 +71,8 @@ class StreamConfig:
             raise ValueError(f"hop_frames must be at least 1, got {self.hop_frames}")
         if self.known_frames is not None and self.known_frames < 0:
             raise ValueError(f"known_frames must be >= 0, got {self.known_frames}")
+        if self.smooth_ms < 0:
+            raise ValueError(f"smooth_ms must be >= 0, got {self.smooth_ms}")
         if self.crossfade_frames < 0:
             raise ValueError(f"crossfade_frames must be >= 0, got {self.crossfade_frames}")
         if self.refine_context_frames is not None and self.refine_context_frames < 0:

@@ -34,6 +34,7 @@ the gate and idle layer are applied after, per frame, so they never feed back in
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,31 @@ from engine.stream.idle import MOUTH, IdleMotion, MouthGate, add_idle, smoothste
 from engine.timebase import FPS, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
+
+NOT_MOUTH = np.setdiff1d(np.arange(MOTION_DIM), MOUTH)
+
+
+class Smoother:
+    """One-pole low-pass of every channel but the mouth's, frame by frame in order
+    (`StreamConfig.smooth_ms`; 0 passes frames through)."""
+
+    def __init__(self, smooth_ms: float):
+        self.alpha = 1.0 - math.exp(-1000.0 / (FPS * smooth_ms)) if smooth_ms > 0 else 1.0
+        self.state: np.ndarray | None = None
+
+    def step(self, motion: np.ndarray) -> np.ndarray:
+        x = motion[NOT_MOUTH].astype(np.float64)
+        if self.state is None:
+            self.state = x
+        else:
+            self.state += self.alpha * (x - self.state)
+        out = motion.copy()
+        out[NOT_MOUTH] = self.state
+        return out
+
+    def apply(self, frames: np.ndarray) -> np.ndarray:
+        """A whole (N, MOTION_DIM) sequence from a fresh state."""
+        return np.stack([self.step(f) for f in frames]) if len(frames) else frames
 
 
 class FrameRing:
@@ -136,6 +162,7 @@ class SessionCore:
         self.vad = VoiceActivity(cfg.vad)
         self.gate = MouthGate(cfg.gate, self.L)
         self.idle = IdleMotion(cfg.idle, seed)
+        self.smoother = Smoother(cfg.smooth_ms)
         self.generator = torch.Generator().manual_seed(seed)
         self.mel = FrameRing((MELS_PER_FRAME, MEL.n_mels), fill=SILENCE_LOG_MEL)
         dim = models.emodiff.cfg.audio.dim
@@ -287,7 +314,7 @@ class SessionCore:
 
         frames = []
         for i, n in enumerate(range(b, b + H)):
-            motion = refined[i]
+            motion = self.smoother.step(refined[i])
             weight = self.gate.step(n, self.vad)
             if self.cfg.gate.enabled:
                 motion = self.gate.apply(motion, weight)
