@@ -10,11 +10,11 @@ from engine.stream.config import StreamConfig
 from server.rtc import IceServer
 
 # The engine's clock for the server (docs/server.md, "Latency"): audio from aiortc arrives in
-# steady 20 ms packets (20 ms of jitter allowance, not 60), blocks take 10-30 ms (a 25 ms
-# compute margin), and one frame of audio look-ahead instead of two buys 40 ms for a little
-# lip-sync (jawOpen correlation 0.752 against 0.764 on the test split). Playout delay:
-# 3 frames + 7.5 + 20 + 25 = 172.5 ms, against the library's 267.5 ms.
-SERVER_STREAM = StreamConfig(lookahead_frames=1, jitter_ms=20.0, compute_margin_ms=25.0)
+# steady 20 ms packets (20 ms of jitter allowance, not 60) and blocks take 10-30 ms (a 25 ms
+# compute margin, not 40): a playout delay of 4 frames + 7.5 + 20 + 25 = 212.5 ms, against the
+# library's 267.5 ms. One frame of look-ahead instead of two was measured too: the audio comes
+# back 40 ms sooner but the mouth lags it by 80 ms (it cannot anticipate), so no gain.
+SERVER_STREAM = StreamConfig(jitter_ms=20.0, compute_margin_ms=25.0)
 
 
 @dataclass(frozen=True)
