@@ -49,12 +49,14 @@ class PlayoutBuffer:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._base = 0  # 48 kHz sample index of _data[0]
-        self._data = np.zeros(0, np.int16)
+        self._base = 0  # 48 kHz sample index of the first sample held
+        self._buf = np.zeros(OUT_RATE, np.int16)  # held: _buf[_head : _head + _len]
+        self._head = 0
+        self._len = 0
 
     @property
     def end(self) -> int:
-        return self._base + len(self._data)
+        return self._base + self._len
 
     def write(self, position: int, samples: np.ndarray) -> None:
         with self._lock:
@@ -62,11 +64,19 @@ class PlayoutBuffer:
             if start < 0:  # already played: keep only the rest
                 samples, start = samples[-start:], 0
             stop = start + len(samples)
-            if stop > len(self._data):
-                grown = np.zeros(stop, np.int16)
-                grown[: len(self._data)] = self._data
-                self._data = grown
-            self._data[start:stop] = samples
+            if self._head + stop > len(self._buf):
+                # move what is held to the front (trim only advances _head) and grow by
+                # doubling: each sample is copied a bounded number of times, not per write
+                held = self._buf[self._head : self._head + self._len].copy()
+                size = max(len(self._buf), 2 * stop)
+                self._buf = np.zeros(size, np.int16)
+                self._buf[: self._len] = held
+                self._head = 0
+            h = self._head
+            if start > self._len:  # a gap after what is held is silence, not stale samples
+                self._buf[h + self._len : h + start] = 0
+            self._buf[h + start : h + stop] = samples
+            self._len = max(self._len, stop)
 
     def read(self, position: int, count: int) -> np.ndarray:
         out = np.zeros(count, np.int16)
@@ -74,22 +84,23 @@ class PlayoutBuffer:
             lo = max(position, self._base)
             hi = min(position + count, self.end)
             if hi > lo:
-                out[lo - position : hi - position] = self._data[lo - self._base : hi - self._base]
+                a = self._head + lo - self._base
+                out[lo - position : hi - position] = self._buf[a : a + hi - lo]
         return out
 
     def truncate(self, position: int) -> None:
         """Forget everything from ``position`` on (an interrupt's cut)."""
         with self._lock:
-            keep = max(0, position - self._base)
-            self._data = self._data[:keep].copy()
+            self._len = min(self._len, max(0, position - self._base))
 
     def trim(self, position: int) -> None:
-        """Forget everything before ``position`` (already played)."""
+        """Forget everything before ``position`` (already played); called every 20 ms, so it
+        moves an index instead of copying what is left."""
         with self._lock:
-            drop = min(max(0, position - self._base), len(self._data))
-            if drop:
-                self._data = self._data[drop:].copy()
-                self._base += drop
+            drop = min(max(0, position - self._base), self._len)
+            self._head += drop
+            self._base += drop
+            self._len -= drop
 
 
 class FrameStore:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -13,3 +18,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def browser_weights() -> Path:
+    """The weights the browser tests serve: ``$DREAMTALK_E2E_WEIGHTS`` or weights/; they skip
+    when it holds no trained student."""
+    folder = Path(os.environ.get("DREAMTALK_E2E_WEIGHTS", REPO / "weights"))
+    if not folder.is_absolute():
+        folder = REPO / folder
+    if not (folder / "emodiff_student.pt").is_file():
+        pytest.skip(
+            f"no trained weights in {folder} (emodiff_student.pt missing); set "
+            "DREAMTALK_E2E_WEIGHTS to a checkpoint folder"
+        )
+    return folder

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from dreamtalk.bench_e2e import CHROMIUM, E2EResult, run_e2e
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
 SECONDS = 15.0
 
 # Thresholds, from measurements (`dreamtalk bench e2e --runs 3`, the committed weights, 512 px,
@@ -39,23 +37,11 @@ MIN_CORRELATION = 0.5
 MAX_SILENCE_OPEN = 0.1
 
 
-def _weights() -> Path:
-    folder = Path(os.environ.get("DREAMTALK_E2E_WEIGHTS", REPO / "weights"))
-    if not folder.is_absolute():
-        folder = REPO / folder
-    if not (folder / "emodiff_student.pt").is_file():
-        pytest.skip(
-            f"no trained weights in {folder} (emodiff_student.pt missing); set "
-            "DREAMTALK_E2E_WEIGHTS to a checkpoint folder"
-        )
-    return folder
-
-
 @pytest.fixture(scope="module")
-def e2e() -> E2EResult:
+def e2e(browser_weights: Path) -> E2EResult:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
-    result = run_e2e(_weights(), seconds=SECONDS)
+    result = run_e2e(browser_weights, seconds=SECONDS)
     log.info("end to end: %s", result.to_dict())
     return result
 

@@ -33,7 +33,6 @@ import pytest
 from dreamtalk.bench_e2e import free_port, serve
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parent.parent
 FIREFOX = "/usr/bin/firefox-esr"
 MIN_FPS = 20.0  # as for Chromium (test_browser_e2e.py); the server sends 25 fps
 VIDEO_SIZE = 256
@@ -132,20 +131,6 @@ class BiDi:
             self._loop.close()
 
 
-def _weights() -> Path:
-    """``$DREAMTALK_E2E_WEIGHTS`` or weights/, skipping without a trained student (the same
-    rule as test_browser_e2e.py)."""
-    folder = Path(os.environ.get("DREAMTALK_E2E_WEIGHTS", REPO / "weights"))
-    if not folder.is_absolute():
-        folder = REPO / folder
-    if not (folder / "emodiff_student.pt").is_file():
-        pytest.skip(
-            f"no trained weights in {folder} (emodiff_student.pt missing); set "
-            "DREAMTALK_E2E_WEIGHTS to a checkpoint folder"
-        )
-    return folder
-
-
 def _get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read())
@@ -186,14 +171,13 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
+def server(browser_weights: Path) -> Iterator[str]:
     if not Path(FIREFOX).exists():
         pytest.skip(
             f"{FIREFOX} not found: install Debian's firefox-esr (apt-get install firefox-esr)"
         )
-    weights = _weights()
     with tempfile.TemporaryDirectory(prefix="dreamtalk-firefox-") as tmp:
-        with serve(str(weights), free_port(), Path(tmp) / "server.log") as url:
+        with serve(str(browser_weights), free_port(), Path(tmp) / "server.log") as url:
             yield url
 
 
