@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "dreamtalk.cmd_train",
     "dreamtalk.cmd_render",
     "dreamtalk.cmd_serve",
+    "dreamtalk.cmd_export",
     "dreamtalk.cmd_say",
     "dreamtalk.cmd_bench",
     "dreamtalk.cmd_eval",

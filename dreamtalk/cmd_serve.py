@@ -7,6 +7,26 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from engine.backends.kinds import BACKEND_CHOICES
+
+
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    """``--backend`` and ``--engine-dir``, shared by `serve` and `render` (docs/export.md)."""
+    p.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="what runs the networks; auto: TensorRT, else ONNX Runtime (CUDA, then CPU), else "
+        "PyTorch, whichever this machine has first (default auto)",
+    )
+    p.add_argument(
+        "--engine-dir",
+        type=Path,
+        default=None,
+        help="folder of exported ONNX / TensorRT files, made on first start and reused "
+        "(default: ~/.cache/dreamtalk/engines/<weights>)",
+    )
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -45,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=10.0,
         help="seconds without audio from a publisher before its session ends",
     )
+    add_backend_options(p)
+    p.add_argument("--fp16", action="store_true", help="TensorRT engines in FP16 (fast-FP16 GPUs)")
     latency = p.add_argument_group("latency (docs/streaming.md has the trade-off)")
     latency.add_argument("--hop-frames", type=int, help="frames per EmoDiff window step")
     latency.add_argument("--lookahead-frames", type=int, help="audio look-ahead, frames")
@@ -86,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         video_codec=args.video_codec,
         media_timeout_s=args.media_timeout,
         stream=dataclasses.replace(SERVER_STREAM, **stream),
+        backend=args.backend,
+        engine_dir=args.engine_dir,
+        fp16=args.fp16,
         **extra,
     )
     serve(config)

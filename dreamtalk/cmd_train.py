@@ -58,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--emodiff",
         default=None,
-        help="lips: the EmoDiff checkpoint whose audio features and styles the refiner reads",
+        help="lips: the EmoDiff checkpoint whose styles the refiner reads (its own audio "
+        "encoder starts as a copy of this one's)",
     )
     _add_common(p, steps=10_000, batch=64, lr=5e-4)
     p.set_defaults(func=run_train)
@@ -164,12 +165,20 @@ def run_train(args: argparse.Namespace) -> int:
         )
     elif args.model == "lips":
         from engine.models import LipRefiner, LipRefinerConfig
+        from engine.models.lip_refiner import LIP_GAP_NAMES
         from engine.training.lips import LipsTask, LipsTrainConfig
 
         if not args.emodiff:
             raise ValueError("train lips needs --emodiff CKPT (its audio features and styles)")
         emodiff, _ = load_model(args.emodiff, "emodiff")
-        defaults = LipRefinerConfig(audio_dim=emodiff.cfg.audio.dim, style_dim=emodiff.cfg.dim)
+        # its own audio encoder, of EmoDiff's shape (it starts as a copy of EmoDiff's), and the
+        # articulation from the audio alone (docs/models.md, "Lip refiner")
+        defaults = LipRefinerConfig(
+            audio_dim=emodiff.cfg.audio.dim,
+            style_dim=emodiff.cfg.dim,
+            audio=emodiff.cfg.audio,
+            from_audio=LIP_GAP_NAMES,
+        )
         model = LipRefiner(_replace(defaults, model_sets, "LipRefinerConfig"))
         tcfg = _replace(LipsTrainConfig(), train_sets, "LipsTrainConfig")
         task = LipsTask(

@@ -79,13 +79,21 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
         raise CheckpointError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
     kwargs = {}
     for name, value in values.items():
-        hint = hints.get(name)
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        hint = _dataclass_in(hints.get(name))
+        if hint is not None and isinstance(value, dict):
             value = config_from_dict(hint, value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The config dataclass a field holds: ``C`` for ``C`` and for ``C | None``."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    found = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+    return found[0] if len(found) == 1 else None
 
 
 def build_model(ckpt: Checkpoint, weights: str = "model") -> nn.Module:

@@ -38,8 +38,10 @@ W = 8 new ones per window, then refines the whole utterance at once.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -52,6 +54,9 @@ from engine.emotions import check_intensity, emotion_index
 from engine.features import MELS_PER_FRAME
 from engine.models import EmoDiff, LipRefiner, LSTMBaseline, pad_mel
 from engine.models.audio_encoder import SILENCE_LOG_MEL
+
+if TYPE_CHECKING:
+    from engine.backends import Networks
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,9 @@ DEFAULT_GUIDANCE = 2.0
 FULL_SAMPLER_STEPS = 64
 
 
+Network = Callable[..., torch.Tensor]  # EmoDiff's forward, or a backend's runner of it
+
+
 def guided_x(
     model: EmoDiff,
     z: torch.Tensor,
@@ -75,14 +83,18 @@ def guided_x(
     feats: torch.Tensor,
     style: torch.Tensor,
     guidance: torch.Tensor,
+    net: Network | None = None,
 ) -> torch.Tensor:
     """Guided clean estimate x_w, normalised units, for a guidance scale per sequence (B,).
 
     A teacher applies classifier-free guidance with two predictions (style and null style,
     batched into one call of twice the batch). A student distilled with guidance reads the
-    scale as an input: one call of the batch itself."""
+    scale as an input: one call of the batch itself. ``net`` replaces the network call (an
+    exported one-step graph, `engine.backends`); ``model`` still gives the config and the
+    null style."""
+    net = model if net is None else net
     if model.cfg.guidance_embed:
-        return x_from_v(z, t, model(z, t, known, known_mask, feats, style, guidance))
+        return x_from_v(z, t, net(z, t, known, known_mask, feats, style, guidance))
     b = z.shape[0]
     two = (
         torch.cat([z, z]),
@@ -91,7 +103,7 @@ def guided_x(
         torch.cat([known_mask, known_mask]),
         torch.cat([feats, feats]),
     )
-    v = model(*two, torch.cat([style, model.style.null(b)]))
+    v = net(*two, torch.cat([style, model.style.null(b)]))
     x_cond, x_uncond = x_from_v(two[0], two[1], v).chunk(2)
     return x_uncond + guidance[:, None, None] * (x_cond - x_uncond)
 
@@ -102,22 +114,28 @@ def emodiff_denoiser(
     known: torch.Tensor,
     known_mask: torch.Tensor,
     style: torch.Tensor,
-    guidance: float,
+    guidance: float | torch.Tensor,
+    net: Network | None = None,
 ) -> Denoiser:
     """D(z, t) -> x_hat for one EmoDiff, normalised units, known frames put back.
 
-    Guidance as in `guided_x`; a teacher at scale 1 (pure conditional) or 0 (null style only)
-    needs one call instead of two."""
+    Guidance as in `guided_x`, a float or a (B,) tensor (a graph input when the sampler is
+    exported); a teacher at a float scale of 1 (pure conditional) or 0 (null style only) needs
+    one call instead of two."""
     b = feats.shape[0]
     m = known_mask[..., None]
-    w = torch.full((b,), float(guidance))
+    if isinstance(guidance, torch.Tensor):
+        w, scale = guidance, None
+    else:
+        w, scale = torch.full((b,), float(guidance)), float(guidance)
+    call = model if net is None else net
 
     def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if not model.cfg.guidance_embed and guidance in (0.0, 1.0):
-            s = style if guidance == 1.0 else model.style.null(b)
-            x = x_from_v(z, t, model(z, t, known, known_mask, feats, s))
+        if not model.cfg.guidance_embed and scale in (0.0, 1.0):
+            s = style if scale == 1.0 else model.style.null(b)
+            x = x_from_v(z, t, call(z, t, known, known_mask, feats, s))
         else:
-            x = guided_x(model, z, t, known, known_mask, feats, style, w)
+            x = guided_x(model, z, t, known, known_mask, feats, style, w, net)
         return x * (1 - m) + known * m
 
     return denoise
@@ -130,12 +148,18 @@ def sample_emodiff(
     known_mask: torch.Tensor,
     style: torch.Tensor,
     steps: int,
-    guidance: float,
+    guidance: float | torch.Tensor,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+    net: Network | None = None,
 ) -> torch.Tensor:
-    """One window, normalised units in and out: (B, K + W, MOTION_DIM)."""
-    noise = torch.randn(known.shape, generator=generator)
-    denoise = emodiff_denoiser(model, feats, known, known_mask, style, guidance)
+    """One window, normalised units in and out: (B, K + W, MOTION_DIM).
+
+    ``noise`` (drawn from ``generator`` when None) is the sampler's start; ``net`` replaces
+    the network call (see `guided_x`)."""
+    if noise is None:
+        noise = torch.randn(known.shape, generator=generator)
+    denoise = emodiff_denoiser(model, feats, known, known_mask, style, guidance, net)
     sampler = sample_student if model.cfg.guidance_embed else sample_ddim
     return sampler(denoise, noise, steps)
 
@@ -155,6 +179,10 @@ class MotionModels:
     lstm: LSTMBaseline | None = None
     steps: int = 4  # default sampler steps of `emodiff`
     guidance: float = DEFAULT_GUIDANCE
+    # checkpoint each network came from ("emodiff", "refiner", ...), when loaded from files
+    sources: dict[str, Path] = field(default_factory=dict)
+    # what runs the network calls of `emodiff` and `refiner` (`use_backend`); None: PyTorch
+    networks: Networks | None = field(default=None, repr=False)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -169,12 +197,16 @@ class MotionModels:
         steps = int(meta.get("sampler", {}).get("steps", FULL_SAMPLER_STEPS))
         guidance = float(meta.get("sampler", {}).get("guidance", DEFAULT_GUIDANCE))
         bundle = cls(emodiff=model, steps=steps, guidance=guidance)
+        bundle.sources["emodiff"] = Path(emodiff)
         if refiner is not None:
             bundle.refiner = load_model(refiner, "lips")[0]
+            bundle.sources["refiner"] = Path(refiner)
         if teacher is not None:
             bundle.teacher = load_model(teacher, "emodiff")[0]
+            bundle.sources["teacher"] = Path(teacher)
         if lstm is not None:
             bundle.lstm = load_model(lstm, "lstm")[0]
+            bundle.sources["lstm"] = Path(lstm)
         for m in (bundle.emodiff, bundle.refiner, bundle.teacher, bundle.lstm):
             if m is not None:
                 m.requires_grad_(False)
@@ -195,6 +227,24 @@ class MotionModels:
             return paths[key] if paths[key].is_file() and paths[key] != main else None
 
         return cls.load(main, refiner=opt("refiner"), teacher=opt("teacher"), lstm=opt("lstm"))
+
+    def use_backend(self, backend: str = "auto", **options) -> Networks:
+        """Run the network calls through ``backend`` (auto, torch, onnxruntime, tensorrt; see
+        `engine.backends.load_networks` for the options: engine_dir, threads, fp16, sizes...).
+        Exported files are made (or reused) in the engine folder first."""
+        from engine.backends import load_networks
+
+        self.networks = load_networks(self, backend, **options)
+        return self.networks
+
+    @property
+    def nets(self) -> Networks:
+        """The network calls in use: PyTorch unless `use_backend` chose another backend."""
+        if self.networks is None:
+            from engine.backends import torch_networks
+
+            self.networks = torch_networks(self)
+        return self.networks
 
     # ---- constants the streaming engine needs -------------------------------------------
     @property
@@ -226,19 +276,45 @@ class MotionModels:
     def style_clip_frames(self) -> int:
         return self.emodiff.cfg.style_clip_frames
 
+    @property
+    def lip_features_shared(self) -> bool:
+        """Whether the lip refiner reads EmoDiff's audio features (else its own encoder's)."""
+        return self.refiner is None or self.refiner.audio is None
+
+    @property
+    def lip_feature_dim(self) -> int:
+        return self.refiner.cfg.audio_dim if self.refiner is not None else 0
+
     # ---- calls --------------------------------------------------------------------------
     @torch.no_grad()
     def encode_audio(self, mel: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Mel span (B, 4 (left_context + n + lookahead), 80) -> features (B, n, dim)."""
         mel = torch.as_tensor(mel, dtype=torch.float32)
-        return self.emodiff.audio(mel if mel.ndim == 3 else mel[None])
+        return self.nets.audio_encoder(mel if mel.ndim == 3 else mel[None])
 
     @torch.no_grad()
     def encode_utterance(self, mel: np.ndarray | torch.Tensor) -> torch.Tensor:
         """A whole utterance's mel (4T, 80) or (B, 4T, 80) -> (B, T, dim), silence around it."""
         mel = torch.as_tensor(mel, dtype=torch.float32)
         mel = mel if mel.ndim == 3 else mel[None]
-        return self.emodiff.audio(pad_mel(mel, self.emodiff.cfg.audio))
+        return self.nets.audio_encoder(pad_mel(mel, self.emodiff.cfg.audio))
+
+    @torch.no_grad()
+    def encode_lip_audio(self, mel: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """`encode_audio` for the lip refiner: its own encoder's features, when it has one."""
+        if self.lip_features_shared:
+            return self.encode_audio(mel)
+        mel = torch.as_tensor(mel, dtype=torch.float32)
+        return self.nets.lip_audio_encoder(mel if mel.ndim == 3 else mel[None])
+
+    @torch.no_grad()
+    def encode_lip_utterance(self, mel: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """`encode_utterance` for the lip refiner."""
+        if self.lip_features_shared:
+            return self.encode_utterance(mel)
+        mel = torch.as_tensor(mel, dtype=torch.float32)
+        mel = mel if mel.ndim == 3 else mel[None]
+        return self.nets.lip_audio_encoder(pad_mel(mel, self.refiner.cfg.audio))
 
     @torch.no_grad()
     def style_from_emotion(self, emotion: str | int, intensity: int = 2) -> torch.Tensor:
@@ -304,11 +380,34 @@ class MotionModels:
             known_n[:, :n] = model.motion_norm.normalize(k)
             mask[:, :n] = 1.0
         style = style.expand(b, -1)
-        x = sample_emodiff(model, feats, known_n, mask, style, steps, guidance, generator)
+        # drawn here, whatever runs the network, so every backend starts from the same noise
+        noise = torch.randn(known_n.shape, generator=generator)
+        x = self._sample(model, noise, known_n, mask, feats, style, steps, guidance)
         out = clamp_motion(model.motion_norm.denormalize(x))
         if known is not None:  # bit-exact pass-through of what was already emitted
             out[:, :n] = k
         return out
+
+    def _sample(
+        self,
+        model: EmoDiff,
+        noise: torch.Tensor,
+        known: torch.Tensor,
+        mask: torch.Tensor,
+        feats: torch.Tensor,
+        style: torch.Tensor,
+        steps: int,
+        guidance: float,
+    ) -> torch.Tensor:
+        """The window's sampler on the backend in use: the unrolled graph in one call when it
+        was exported for these steps, else `sample_emodiff` with the backend's one-step
+        network (or the PyTorch module: another model, or no step graph)."""
+        nets = self.nets if model is self.emodiff else None
+        if nets is not None and nets.sampler is not None and steps == nets.sampler_steps:
+            w = torch.full((noise.shape[0],), float(guidance))
+            return nets.sampler(noise, known, mask, feats, style, w)
+        net = nets.denoiser_for(steps) if nets is not None else None
+        return sample_emodiff(model, feats, known, mask, style, steps, guidance, None, noise, net)
 
     @torch.no_grad()
     def refine_lips(
@@ -319,7 +418,7 @@ class MotionModels:
         if self.refiner is None:
             return motion
         style = style.expand(motion.shape[0], -1)
-        return clamp_motion(self.refiner(feats, motion, style))
+        return self.nets.refiner(feats, motion, style)  # clamped (`export.graphs.RefinerCall`)
 
     @torch.no_grad()
     def generate(
@@ -360,8 +459,10 @@ class MotionModels:
                 feats[:, start:end], style, known, steps, guidance, generator, model
             )
             done = end
-        out, feats = out[:, :n], feats[:, :n]
-        return self.refine_lips(feats, out, style) if refine else out
+        out = out[:, :n]
+        if not refine:
+            return out
+        return self.refine_lips(self.encode_lip_utterance(mel)[:, :n], out, style)
 
     @torch.no_grad()
     def generate_lstm(self, mel: np.ndarray | torch.Tensor, emotion: str | int, intensity: int):

@@ -1,8 +1,15 @@
-"""ONNX export of the renderer (the other networks join in the export issue)."""
+"""ONNX export of the networks (`export.graphs`): the tracer, opset 17, a dynamic batch axis.
+
+Files are written to a temporary name beside the target and renamed once complete, so an
+interrupted export never leaves half a file where a runtime would load it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -10,14 +17,63 @@ import numpy as np
 import torch
 
 from engine.avatar import Avatar
-from engine.blendshapes import MOTION_DIM
-from engine.renderer import RENDER_INPUT_NAMES, Renderer, RendererConfig
+from engine.renderer import RENDER_INPUT_NAMES
+from export.graphs import TOLERANCES, Graph, renderer_graph
+from export.manifest import publish
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
 # Largest absolute difference from PyTorch (RGB in [0, 1]) that counts as the same frame.
-RENDER_TOLERANCE = 2e-3
+RENDER_TOLERANCE = TOLERANCES["renderer"][0]
+
+
+def export_graph(graph: Graph, path: str | Path) -> Path:
+    """Export ``graph`` to ``path`` (ONNX, opset `OPSET`, its symbolic axes dynamic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on Python scalars
+            torch.onnx.export(
+                graph.module,
+                graph.example(),
+                tmp,
+                input_names=graph.input_names,
+                output_names=[graph.output.name],
+                dynamic_axes=graph.dynamic_axes(),
+                opset_version=OPSET,
+                dynamo=False,  # the dynamo exporter needs onnxscript; the tracer covers our ops
+            )
+        _declare_output(tmp, graph)
+        publish(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    log.info("exported %s to %s", graph.name, path)
+    return path
+
+
+def _declare_output(path: str, graph: Graph) -> None:
+    """Write the output's shape as the graph declares it: the tracer leaves made-up names on
+    axes it could not infer (the renderer's frame size), which runtimes then cannot plan for."""
+    import onnx
+
+    model = onnx.load(path)
+    (out,) = model.graph.output
+    dims = out.type.tensor_type.shape.dim
+    if len(dims) != len(graph.output.shape):
+        raise ValueError(f"{graph.name}: exported output has rank {len(dims)}, declared "
+                         f"{len(graph.output.shape)}")  # fmt: skip
+    for dim, want in zip(dims, graph.output.shape, strict=True):
+        if isinstance(want, str):
+            dim.dim_param = want
+        else:
+            dim.dim_value = want
+    onnx.save(model, path)
 
 
 def export_renderer(avatar: Avatar, path: str | Path) -> Path:
@@ -25,24 +81,7 @@ def export_renderer(avatar: Avatar, path: str | Path) -> Path:
 
     The avatar's tensors are graph inputs, so the file serves any avatar of the same size;
     the given avatar only traces shapes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    renderer = Renderer(RendererConfig(size=avatar.size)).eval()
-    motion = torch.zeros(2, MOTION_DIM)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on Python scalars
-        torch.onnx.export(
-            renderer,
-            (motion, *avatar.render_inputs()),
-            str(path),
-            input_names=["motion", *RENDER_INPUT_NAMES],
-            output_names=["frames"],
-            dynamic_axes={"motion": {0: "batch"}, "frames": {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,  # the dynamo exporter needs onnxscript; the tracer covers our ops
-        )
-    log.info("exported renderer to %s", path)
-    return path
+    return export_graph(renderer_graph(avatar.size, avatar), path)
 
 
 def onnx_feed(session, motion: np.ndarray, avatar: Avatar) -> dict[str, np.ndarray]:
@@ -59,8 +98,8 @@ def ort_session(path: str | Path, threads: int = 1):
     """A CPU ONNX Runtime session with a fixed thread count."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from engine.backends.onnxruntime_backend import session_options
+
+    return ort.InferenceSession(
+        str(path), session_options(threads), providers=["CPUExecutionProvider"]
+    )

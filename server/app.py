@@ -360,6 +360,12 @@ def create_app(config: ServerConfig, engine: StreamEngine | None = None) -> web.
             if config.weights
             else (MotionModels.load_default())
         )
+        # before serving: a stale or missing export (a TensorRT build) happens now, not when
+        # the first session opens; one intra-op thread per call, as the engine runs PyTorch
+        models.use_backend(
+            config.backend, engine_dir=config.engine_dir, threads=1, fp16=config.fp16,
+            sizes=(config.size,),
+        )  # fmt: skip
         engine = StreamEngine(models, config.stream, workers=config.workers)
     state = ServerState(config, engine)
     app = web.Application(

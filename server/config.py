@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.avatar import CACHE_DIR
+from engine.backends.kinds import BACKEND_CHOICES
 from engine.stream.config import StreamConfig
 from server.rtc import IceServer
 
@@ -36,6 +37,11 @@ class ServerConfig:
     retry_after_s: int = 10  # told to clients refused for --max-sessions
     # The live engine's windows and clock (docs/streaming.md): the latency/quality trade-off.
     stream: StreamConfig = SERVER_STREAM
+    # What runs the networks (docs/export.md): auto takes the fastest the machine has (on this
+    # project's CPU machines, ONNX Runtime for the motion networks: 3-4x PyTorch's speed).
+    backend: str = "auto"
+    engine_dir: Path | None = None  # exported ONNX / TensorRT files (None: the user's cache)
+    fp16: bool = False  # TensorRT engines in FP16 where the GPU has it
 
     def __post_init__(self) -> None:
         if self.size not in (256, 512):
@@ -46,3 +52,7 @@ class ServerConfig:
             raise ValueError(f"--video-codec must be vp8 or h264, got {self.video_codec!r}")
         if not 0 < self.port < 65536:
             raise ValueError(f"--port must be 1-65535, got {self.port}")
+        if self.backend not in BACKEND_CHOICES:
+            raise ValueError(
+                f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}"
+            )

@@ -33,3 +33,14 @@ def browser_weights() -> Path:
             "DREAMTALK_E2E_WEIGHTS to a checkpoint folder"
         )
     return folder
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory) -> Path:
+    """The committed weights exported once per run (`dreamtalk export --out DIR`, ONNX, the
+    256 px renderer, recorded inputs): an engine folder the export and backend tests share."""
+    from dreamtalk.cli import main
+
+    folder = tmp_path_factory.mktemp("engines")
+    assert main(["export", "--out", str(folder)]) == 0
+    return folder

@@ -378,7 +378,7 @@ def test_streamed_lip_refinement_equals_refining_the_whole_utterance(models, spe
         frames += core.step()
     n, start = len(frames), core.raw.start
     raw = torch.from_numpy(core.raw.get(start, n))[None]
-    feats = torch.from_numpy(core.feats.get(start, n))[None]
+    feats = torch.from_numpy(core.lip_feats.get(start, n))[None]  # the refiner's features
     whole = models.refine_lips(feats, raw, style)[0, -n:].numpy()
     np.testing.assert_allclose(motion(frames), whole, atol=1e-5)
 

@@ -128,13 +128,16 @@ def test_guidance_changes_expression_not_lip_sync(trained):
     assert np.mean(sync3) > 0.6
 
 
-def test_refiner_keeps_the_smile_and_restores_the_articulation(trained, toy, tmp_path):
+@pytest.mark.parametrize("own_encoder", [True, False], ids=["own-encoder", "emodiff-features"])
+def test_refiner_keeps_the_smile_and_restores_the_articulation(trained, toy, tmp_path, own_encoder):
     """A tiny refiner trained briefly: a smile added to its input comes back (the emotion's
-    intensity is kept), and a mouth with no articulation left comes back moving with the audio."""
+    intensity is kept), and a mouth with no articulation left comes back moving with the audio.
+    With its own audio encoder (the default recipe) or reading EmoDiff's features."""
     result, *_ = trained
     torch.manual_seed(0)
     train_split, val_split = load_splits(toy)
-    refiner = LipRefiner(LipRefinerConfig(audio_dim=64, style_dim=64, dim=48))
+    audio = result.ema.cfg.audio if own_encoder else None
+    refiner = LipRefiner(LipRefinerConfig(audio_dim=64, style_dim=64, dim=48, audio=audio))
     tcfg = LipsTrainConfig(val_batches=1, val_batch_size=64)
     task = LipsTask(refiner, result.ema, train_split, val_split, 32, tcfg, seed=0)
     cfg = LoopConfig(
@@ -142,7 +145,7 @@ def test_refiner_keeps_the_smile_and_restores_the_articulation(trained, toy, tmp
     )
     refiner = train(task, cfg, tmp_path).ema
     batch = task.val[0]
-    feats, style = task.conditions(batch, p_clip=0.0)
+    feats, style = task.conditions(refiner, batch, p_clip=0.0, train=False)
     target = batch.motion
     smile = [MOTION_INDEX["mouthSmileLeft"], MOTION_INDEX["mouthSmileRight"]]
     with torch.no_grad():

@@ -326,7 +326,7 @@ def run_lstm(models: MotionModels, sample: Sample) -> Run:
     t1 = time.perf_counter()
     refined = None
     if models.refiner is not None:
-        feats = models.encode_utterance(sample.mel)[:, : sample.num_frames]
+        feats = models.encode_lip_utterance(sample.mel)[:, : sample.num_frames]
         style = models.style_from_emotion(sample.emotion, sample.intensity)
         refined = models.refine_lips(feats, raw, style)[0].numpy()
     t2 = time.perf_counter()

@@ -15,6 +15,13 @@ Every other channel (eyes, brows, cheeks, nose, head pose) is passed through *bi
 output is ``motion * keep + mouth @ scatter`` with 0/1 matrices, in raw units, so no
 normalisation round trip touches them.
 
+The audio features come from the refiner's own audio encoder when it has one
+(``LipRefinerConfig.audio``; the default recipe starts it from EmoDiff's and fine-tunes it on
+the mouth objective with voice augmentation, `engine.training.mel_augment`), otherwise from
+EmoDiff's. EmoDiff's encoder is trained to help a denoiser that already sees 8-14 known frames;
+the mouth needs features that carry the phones themselves, for voices never heard in training.
+`engine.motion_model.MotionModels.encode_lip_audio` gives whichever the refiner reads.
+
 Temporal context comes from causal dilated convolutions: output frame i depends on frames
 i - 32 .. i of the features and the mouth (``receptive_field`` = 33), and the features already
 look 2 frames ahead in the audio. So refining H new frames together with the
@@ -31,14 +38,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.blendshapes import MOTION_DIM, MOTION_INDEX, MOUTH_NAMES
+from engine.models.audio_encoder import AudioEncoder, AudioEncoderConfig
 from engine.motion_norm import ChannelNorm
 
 MOUTH_INDICES: tuple[int, ...] = tuple(MOTION_INDEX[n] for n in MOUTH_NAMES)
+# The mouth channels that articulate speech (the audio decides them); the others (smile, frown,
+# dimple, shrug, sideways jaw and mouth, tongue) carry the emotion's mouth shape.
+ARTICULATION_NAMES: tuple[str, ...] = (
+    "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthLowerDownLeft",
+    "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight", "mouthPressLeft",
+    "mouthPressRight", "mouthRollLower", "mouthRollUpper", "mouthStretchLeft", "mouthStretchRight",
+)  # fmt: skip
+# positions inside the refiner's mouth channels (MOUTH_NAMES order)
+ARTICULATION_IN_MOUTH: tuple[int, ...] = tuple(MOUTH_NAMES.index(n) for n in ARTICULATION_NAMES)
+EXPRESSIVE_IN_MOUTH: tuple[int, ...] = tuple(
+    i for i in range(len(MOUTH_NAMES)) if i not in set(ARTICULATION_IN_MOUTH)
+)
+# Every mouth channel that parts the lips (`engine.data.visemes.lip_opening`): the articulation
+# plus the shrug of the upper lip and the jaw thrust, which emotions use too. EmoDiff's values of
+# these, read by the refiner, would hold the lips apart on a bilabial or add its jitter to the gap.
+LIP_GAP_NAMES: tuple[str, ...] = (*ARTICULATION_NAMES, "mouthShrugUpper", "jawForward")
 
 
 @dataclass
 class LipRefinerConfig:
-    audio_dim: int = 128  # EmoDiff's audio feature size
+    audio_dim: int = 128  # the audio feature size (the own encoder's, or EmoDiff's)
     style_dim: int = 128  # EmoDiff's style vector size
     dim: int = 128
     num_blocks: int = 4
@@ -46,6 +70,19 @@ class LipRefinerConfig:
     # EmoDiff's mouth is read through a causal mean over this many frames: its shape (the
     # emotion's smile or frown) gets through, its articulation (and any jitter) does not
     shape_frames: int = 9
+    # the refiner's own audio encoder; None: it reads EmoDiff's features
+    audio: AudioEncoderConfig | None = None
+    # Mouth channels whose EmoDiff values are not read at all: the audio and the style alone
+    # decide them (the default recipe: every channel that parts the lips, `LIP_GAP_NAMES`).
+    # EmoDiff's shape is kept on the others (smile, frown, ...). Empty: every channel's shape.
+    from_audio: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.audio is not None and self.audio.dim != self.audio_dim:
+            raise ValueError(f"audio_dim {self.audio_dim} != its encoder's {self.audio.dim}")
+        unknown = set(self.from_audio) - set(MOUTH_NAMES)
+        if unknown:
+            raise ValueError(f"from_audio names no mouth channel: {sorted(unknown)}")
 
     @property
     def receptive_field(self) -> int:
@@ -77,6 +114,7 @@ class LipRefiner(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.motion_norm = ChannelNorm(MOTION_DIM)
+        self.audio = AudioEncoder(cfg.audio) if cfg.audio is not None else None
         self.inp = nn.Linear(cfg.audio_dim + len(MOUTH_INDICES), cfg.dim)
         self.style_in = nn.Linear(cfg.style_dim, cfg.dim)
         # dilations 1, 2, 1, 2...: 24 frames of past context with kernel 5 and four blocks,
@@ -95,12 +133,16 @@ class LipRefiner(nn.Module):
         self.register_buffer("scatter", scatter, persistent=False)
         self.register_buffer("keep", keep, persistent=False)
         self.register_buffer("mouth_index", torch.tensor(MOUTH_INDICES), persistent=False)
+        read = torch.ones(len(MOUTH_INDICES))
+        read[[MOUTH_NAMES.index(n) for n in cfg.from_audio]] = 0.0
+        self.register_buffer("mouth_read", read, persistent=False)
 
     def predict_mouth(
         self, feats: torch.Tensor, motion: torch.Tensor, style: torch.Tensor
     ) -> torch.Tensor:
         """Normalised mouth channels (B, T, len(MOUTH_NAMES)): what training compares."""
-        mouth = self.motion_norm.normalize(motion)[..., self.mouth_index]
+        # unread channels sit at their mean (0, normalised): the network predicts them whole
+        mouth = self.motion_norm.normalize(motion)[..., self.mouth_index] * self.mouth_read
         k = self.cfg.shape_frames
         padded = F.pad(mouth.transpose(1, 2), (k - 1, 0), mode="replicate")
         shape = F.avg_pool1d(padded, k, stride=1).transpose(1, 2)  # causal mean

@@ -11,11 +11,13 @@ One block, frames [b, b + H) (H = hop, L = audio look-ahead, O = known frames, S
 
     ready when the timeline holds samples up to 640 (b + H + L) + 120 (the mel window's reach)
     mel     rows of frames [.., b + H + L), computed once per frame and cached
-    feats   encoder over mel [b - left, b + H + L_model): features of [b, b + H)
+    feats   encoder over mel [b - left, b + H + L_model): features of [b, b + H) (and the
+            lip refiner's own encoder over the same mel, when it has one)
             (when L < the encoder's own look-ahead, the frames past b + H + L read silence)
     window  EmoDiff over frames [b + H - S, b + H): the first O frames known (raw EmoDiff output
-            already produced: the initial state), the rest sampled; of those, the S - H - O
-            before b re-estimate frames already emitted and the last H are new
+            already produced: the initial state; by default all S - H of them), the rest
+            sampled; with O < S - H, the S - H - O before b re-estimate frames already emitted,
+            and the last H are new
     blend   the new frames are offset onto the emitted ones (the window's own estimate of frame
             b - 1 moved onto the emitted frame b - 1, fading out over C frames): no seam
     refine  the causal lip refiner over [b - context, b + H) (EmoDiff's raw output, before the
@@ -148,8 +150,7 @@ class SessionCore:
             raise ValueError(f"hop_frames must be below the window's {self.S} frames")
         # at most the overlap: a long hop leaves room for fewer known frames
         overlap = self.S - self.H
-        known = models.init_frames if cfg.known_frames is None else cfg.known_frames
-        self.O = min(known, overlap)
+        self.O = overlap if cfg.known_frames is None else min(cfg.known_frames, overlap)
         self.L_model = models.lookahead
         self.L = self.L_model if cfg.lookahead_frames is None else cfg.lookahead_frames
         if self.L > self.L_model:
@@ -165,8 +166,10 @@ class SessionCore:
         self.smoother = Smoother(cfg.smooth_ms)
         self.generator = torch.Generator().manual_seed(seed)
         self.mel = FrameRing((MELS_PER_FRAME, MEL.n_mels), fill=SILENCE_LOG_MEL)
-        dim = models.emodiff.cfg.audio.dim
-        self.feats = FrameRing((dim,))
+        self.feats = FrameRing((models.emodiff.cfg.audio.dim,))  # EmoDiff's audio features
+        # the lip refiner's, when it has its own audio encoder (else it reads EmoDiff's)
+        shared = models.lip_features_shared
+        self.lip_feats = self.feats if shared else FrameRing((models.lip_feature_dim,))
         self.raw = FrameRing((MOTION_DIM,))
         self.style_from = self.style_to = style
         self.ramp_start = 0
@@ -242,10 +245,13 @@ class SessionCore:
             np.float32,
         )
         feat = m.encode_audio(silence)[0, 0].numpy()  # the same for every silent frame
-        self.feats.fill = 0.0
-        self.silence_feat = feat
+        self.silence_feat = self.lip_silence_feat = feat
         feats = np.broadcast_to(feat, (self.S, len(feat)))
         self.feats.append(-self.S, feats)
+        if self.lip_feats is not self.feats:
+            self.lip_silence_feat = m.encode_lip_audio(silence)[0, 0].numpy()
+            lip = np.broadcast_to(self.lip_silence_feat, (self.S, len(self.lip_silence_feat)))
+            self.lip_feats.append(-self.S, lip)
         window = m.sample_window(
             torch.from_numpy(np.ascontiguousarray(feats))[None],
             self.style_at(-1),
@@ -276,8 +282,10 @@ class SessionCore:
         mel = self.mel.get(lo, hi)
         if real_end < hi:
             mel[real_end - lo :] = SILENCE_LOG_MEL
-        feats = self.models.encode_audio(torch.from_numpy(mel.reshape(1, -1, MEL.n_mels)))
-        self.feats.append(b, feats[0].numpy())
+        mel_t = torch.from_numpy(mel.reshape(1, -1, MEL.n_mels))
+        self.feats.append(b, self.models.encode_audio(mel_t)[0].numpy())
+        if self.lip_feats is not self.feats:
+            self.lip_feats.append(b, self.models.encode_lip_audio(mel_t)[0].numpy())
 
     def step(self) -> list[MotionFrame]:
         """Run the next block (the caller checked `ready()`, or forced silence); returns the
@@ -308,7 +316,7 @@ class SessionCore:
         # lip refiner (causal): frames [b, b + H), with R frames of left context
         lo = b - self.R
         raw_span = torch.from_numpy(self._raw_or_first(lo, b + H))[None]
-        feat_span = torch.from_numpy(self._feats_or_silence(lo, b + H))[None]
+        feat_span = torch.from_numpy(self._lip_feats_or_silence(lo, b + H))[None]
         refined = m.refine_lips(feat_span, raw_span, self.style_at(b + H - 1))[0].numpy()
         refined = refined[self.R :]
 
@@ -336,11 +344,12 @@ class SessionCore:
             out[:before] = self.raw.data[0]
         return out
 
-    def _feats_or_silence(self, a: int, b: int) -> np.ndarray:
-        out = self.feats.get(a, b)
-        before = min(b, self.feats.start) - a
+    def _lip_feats_or_silence(self, a: int, b: int) -> np.ndarray:
+        """The refiner's audio features [a, b)."""
+        out = self.lip_feats.get(a, b)
+        before = min(b, self.lip_feats.start) - a
         if before > 0:  # frames before the pre-roll: silence, as the pre-roll assumed
-            out[:before] = self.silence_feat
+            out[:before] = self.lip_silence_feat
         return out
 
     def _crossfade(self, b: int, new: np.ndarray, regen: np.ndarray | None) -> np.ndarray:
@@ -369,6 +378,8 @@ class SessionCore:
         keep = max(self.S, self.R + self.H) + 2
         self.raw.trim(b - keep)
         self.feats.trim(b - keep)
+        if self.lip_feats is not self.feats:
+            self.lip_feats.trim(b - keep)
         self.mel.trim(b - self.left - 2)
         self.timeline.trim_before((b - 2) * SAMPLES_PER_FRAME - MEL_LOOKAHEAD_SAMPLES)
         self.vad.forget_before(b - self.gate.hang - self.gate.MAX_RUN - 2)

@@ -1,9 +1,11 @@
 """The shared runner: worker threads that step every open session's core when it is due.
 
 One `StreamEngine` serves many sessions with one `MotionModels` and one renderer per frame
-size. Sessions never compute on the caller's thread: `push_audio` and the other session calls
-only queue work under a short lock, and ``workers`` threads (default 1) pick the session whose
-next frame is due soonest (earliest deadline first), run one block of it and render its frames.
+size, both on the backend the models were given (`MotionModels.use_backend`; PyTorch unless
+told otherwise). Sessions never compute on the caller's thread: `push_audio` and the other
+session calls only queue work under a short lock, and ``workers`` threads (default 1) pick the
+session whose next frame is due soonest (earliest deadline first), run one block of it and
+render its frames.
 Two workers use two cores: PyTorch releases the GIL inside its ops, and each worker runs one
 session's block at a time with one intra-op thread.
 
@@ -27,8 +29,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from engine.backends import Runner
 from engine.motion_model import MotionModels
-from engine.renderer import Renderer, RendererConfig
 from engine.stream.config import StreamConfig
 
 if TYPE_CHECKING:
@@ -101,7 +103,6 @@ class StreamEngine:
         for m in (models.emodiff, models.refiner):
             if m is not None:
                 m.eval()
-        self._renderers: dict[int, Renderer] = {}
         self._cond = threading.Condition()
         self._sessions: list[Session] = []
         self._workers: list[_Worker] = []
@@ -138,11 +139,10 @@ class StreamEngine:
             self._cond.notify_all()
         return session
 
-    def renderer(self, size: int) -> Renderer:
-        with self._cond:
-            if size not in self._renderers:
-                self._renderers[size] = Renderer(RendererConfig(size=size)).eval()
-            return self._renderers[size]
+    def renderer(self, size: int) -> Runner:
+        """The renderer of ``size`` px frames on the models' backend (`MotionModels.nets`):
+        ``renderer(motion (B, 58), *avatar.render_inputs()) -> (B, 3, size, size)``."""
+        return self.models.nets.renderer(size)
 
     def _remove(self, session: Session) -> None:
         with self._cond:

@@ -1,8 +1,11 @@
 """Training the lip refiner against the target mouth curves.
 
-The refiner reads EmoDiff's audio features and style vectors (EmoDiff frozen: its encoders are
-the ones the refiner will see at run time) and a motion whose mouth is *what EmoDiff might have
-produced*: the target's mouth, degraded the ways a sample goes wrong while keeping what the
+The refiner reads audio features, EmoDiff's style vectors (EmoDiff frozen: its style encoder is
+the one the refiner will see at run time) and a motion whose mouth is *what EmoDiff might have
+produced*. The features come from the refiner's own audio encoder when it has one (the
+default recipe): it starts as a copy of EmoDiff's and is trained with the refiner, on
+voice-augmented mel (`engine.training.mel_augment`); otherwise from EmoDiff's, frozen. The mouth
+input: the target's mouth, degraded the ways a sample goes wrong while keeping what the
 emotion puts there. Per window, in normalised units:
 
 - split the mouth into its low-pass (a moving average over ``smooth_frames``: the emotion's
@@ -35,32 +38,26 @@ offset and scale, so it rewards the curve's timing (lag 0), which L1 rewards onl
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from engine.blendshapes import MOTION_INDEX
 from engine.data.corpus import SplitArrays
 from engine.data.visemes import LIPS_CLOSED_IOD, lip_opening
 from engine.models import EmoDiff, LipRefiner
+from engine.models.lip_refiner import ARTICULATION_IN_MOUTH, EXPRESSIVE_IN_MOUTH
 from engine.training.common import JAW, MOUTH, mean_metrics, motion_metrics, pearson, set_stats
 from engine.training.loop import WindowTask
+from engine.training.mel_augment import MelAugmentConfig, augment_mel
 from engine.training.windows import WindowBatch, WindowSampler, fixed_batches
 
 log = logging.getLogger(__name__)
 
-ARTICULATION = (
-    "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthLowerDownLeft",
-    "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight", "mouthPressLeft",
-    "mouthPressRight", "mouthRollLower", "mouthRollUpper", "mouthStretchLeft", "mouthStretchRight",
-)  # fmt: skip
-# positions of the articulation channels inside the refiner's mouth output, and of the others
-# (smile, frown, dimple, shrug, sideways jaw and mouth, tongue): the mouth's expression
-ARTICULATION_IN_MOUTH = [MOUTH.index(MOTION_INDEX[n]) for n in ARTICULATION]
-EXPRESSIVE_IN_MOUTH = [i for i in range(len(MOUTH)) if i not in set(ARTICULATION_IN_MOUTH)]
+# positions of the articulation channels in MOUTH, as an index list (torch reads a tuple as dims)
+ART = list(ARTICULATION_IN_MOUTH)
 
 
 @dataclass
@@ -83,6 +80,7 @@ class LipsTrainConfig:
     seal_tolerance: float = 0.5  # of LIPS_CLOSED_IOD
     val_batches: int = 2
     val_batch_size: int = 64
+    mel_augment: MelAugmentConfig = field(default_factory=MelAugmentConfig)  # own encoder only
 
 
 def offset_mouth(motion: torch.Tensor, offset: float, p: float) -> torch.Tensor:
@@ -119,11 +117,11 @@ def degrade_mouth(x: torch.Tensor, tcfg: LipsTrainConfig) -> torch.Tensor:
     idx = (torch.arange(t)[None] - shift[:, None]).clamp(0, t - 1)
     articulation = torch.gather(articulation, 1, idx[..., None].expand(-1, -1, mouth.shape[-1]))
     keep = torch.rand(b, 1, 1) * tcfg.max_keep
-    n = len(ARTICULATION_IN_MOUTH)
+    n = len(ART)
     gain = 0.5 + torch.rand(b, 1, n)
     error = (2 * torch.rand(b, 1, n) - 1) * tcfg.shape_error
     low = low.clone()
-    low[..., ARTICULATION_IN_MOUTH] = low[..., ARTICULATION_IN_MOUTH] * gain + error
+    low[..., ART] = low[..., ART] * gain + error
     out = low + keep * articulation + tcfg.noise * torch.randn_like(mouth)
     x = x.clone()
     x[..., MOUTH] = out
@@ -145,7 +143,7 @@ def refiner_losses(
     w = 1.0 + tcfg.closure_weight * closed.float()[..., None]
     l1 = ((pred - target).abs() * w).mean()
     vel = ((pred[:, 1:] - pred[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs().mean()
-    p, g = pred[..., ARTICULATION_IN_MOUTH], target[..., ARTICULATION_IN_MOUTH]
+    p, g = pred[..., ART], target[..., ART]
     corr = pearson(p, g, dim=1)  # (B, channels), over time
     moving = g.std(dim=1) > 0.05  # a flat target curve has no timing to match
     corr_loss = ((1 - corr) * moving).sum() / moving.sum().clamp(min=1)
@@ -170,6 +168,8 @@ class LipsTask(WindowTask):
         self.model, self.tcfg, self.batch_size = model, tcfg, batch_size
         self.data, self.emodiff_path = data, emodiff_path
         self.emodiff = emodiff.eval().requires_grad_(False)
+        if model.audio is not None:  # its own encoder starts as EmoDiff's (resuming overrides)
+            model.audio.load_state_dict(emodiff.audio.state_dict())
         # the refiner's motion normalisation is the train split's, as EmoDiff's is
         self.stats = set_stats(model.motion_norm, None, train)
         a = emodiff.cfg.audio
@@ -182,17 +182,26 @@ class LipsTask(WindowTask):
         )
         self.val = fixed_batches(val_sampler, tcfg.val_batches, tcfg.val_batch_size, seed + 2)
 
-    @torch.no_grad()
-    def conditions(self, batch: WindowBatch, p_clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def conditions(
+        self, model: LipRefiner, batch: WindowBatch, p_clip: float, train: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(audio features, style) of a batch; the features carry gradients into the refiner's
+        own encoder, on augmented mel while training."""
         e = self.emodiff
-        feats = e.audio(batch.mel)
-        label = e.style.from_emotion(batch.emotion, batch.intensity)
-        clip = e.style.from_clip(e.motion_norm.normalize(batch.clip), batch.clip_mask)
-        use_clip = (torch.rand(label.shape[0]) < p_clip)[:, None]
-        return feats, torch.where(use_clip, clip, label)
+        with torch.no_grad():
+            label = e.style.from_emotion(batch.emotion, batch.intensity)
+            clip = e.style.from_clip(e.motion_norm.normalize(batch.clip), batch.clip_mask)
+            use_clip = (torch.rand(label.shape[0]) < p_clip)[:, None]
+            style = torch.where(use_clip, clip, label)
+            if model.audio is None:
+                return e.audio(batch.mel), style
+        mel = augment_mel(batch.mel, self.tcfg.mel_augment) if train else batch.mel
+        return model.audio(mel), style
 
-    def _losses(self, model: LipRefiner, batch: WindowBatch, p_clip: float, p_offset: float):
-        feats, style = self.conditions(batch, p_clip)
+    def _losses(
+        self, model: LipRefiner, batch: WindowBatch, p_clip: float, p_offset: float, train: bool
+    ):
+        feats, style = self.conditions(model, batch, p_clip, train)
         target = offset_mouth(batch.motion, self.tcfg.offset, p_offset)
         x = model.motion_norm.normalize(target)
         degraded = model.motion_norm.denormalize(degrade_mouth(x, self.tcfg))
@@ -206,7 +215,7 @@ class LipsTask(WindowTask):
 
     def loss(self, model: LipRefiner, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.sampler.sample(self.batch_size)
-        parts, *_ = self._losses(model, batch, self.tcfg.p_clip, self.tcfg.p_offset)
+        parts, *_ = self._losses(model, batch, self.tcfg.p_clip, self.tcfg.p_offset, True)
         t = self.tcfg
         loss = parts["l1"] + t.velocity_weight * parts["vel"] + t.corr_weight * parts["corr"]
         loss = loss + t.seal_weight * parts["seal"]
@@ -218,7 +227,7 @@ class LipsTask(WindowTask):
         torch.manual_seed(0)  # the same degradations at every check
         out = []
         for batch in self.val:
-            parts, feats, degraded, style = self._losses(model, batch, 0.0, 0.0)
+            parts, feats, degraded, style = self._losses(model, batch, 0.0, 0.0, False)
             refined = model(feats, degraded, style)
             m = motion_metrics(refined, batch.motion)
             m["input_jaw_corr"] = motion_metrics(degraded, batch.motion)["jaw_corr"]
