@@ -27,7 +27,7 @@ from engine.renderer import RENDER_INPUT_NAMES, RendererConfig, precompute
 log = logging.getLogger(__name__)
 
 # Bump when the rig or the precompute changes: old avatar files are then rebuilt.
-AVATAR_FORMAT = 4
+AVATAR_FORMAT = 5
 DEFAULT_PORTRAIT = Path(__file__).resolve().parent.parent / "assets" / "portrait.png"
 CACHE_DIR = Path(os.environ.get("DREAMTALK_CACHE", Path.home() / ".cache" / "dreamtalk"))
 

@@ -815,10 +815,17 @@ def keep_order(v: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> tor
     return v + torch.stack([torch.zeros_like(dy), dy, torch.zeros_like(dy)], -1)
 
 
-def project(v: torch.Tensor, pose: torch.Tensor, rig: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Image pixel positions (B, N, 2) of face-frame points (B, N, 3) under head pose (B, 6)."""
+def project(
+    v: torch.Tensor,
+    pose: torch.Tensor,
+    rig: dict[str, torch.Tensor],
+    rot: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Image pixel positions (B, N, 2) of face-frame points (B, N, 3) under head pose (B, 6).
+    ``rot``: the pose's `rotation_matrix`, when the caller has it already."""
     assert pose.shape[-1] == NUM_POSE
-    rot = rotation_matrix(pose[:, 0], pose[:, 1], pose[:, 2])
+    if rot is None:
+        rot = rotation_matrix(pose[:, 0], pose[:, 1], pose[:, 2])
     pivot = torch.tensor(PIVOT, dtype=v.dtype, device=v.device)
     scale = (1.0 + pose[:, 5]).clamp(0.5, 2.0)[:, None, None]
     moved = (v - pivot) @ rot.transpose(1, 2) * scale + pivot

@@ -261,6 +261,39 @@ def test_onnx_batch_axis_is_dynamic(onnx_session, renderer, avatar, varied_motio
     assert float(np.abs(got - expected).max()) < RENDER_TOLERANCE
 
 
+# The mouth and eyelid layers are sampled only in a window around them, which moves with the
+# head from frame to frame (one window for a batch) and is clipped at the frame's edges: heads
+# turned, scaled, moved to an edge and out of the frame altogether.
+AT_THE_EDGES = (
+    {"headTx": 2.5, "jawOpen": 0.7},
+    {"headTx": -2.5, "headTy": 1.0, "eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0},
+    {"headTy": 3.0, "jawOpen": 1.0},
+    {"headTz": 1.0, "headRoll": 0.5, "jawOpen": 0.6},
+    {"headTx": 6.0, "headTy": -6.0},
+)
+
+
+def test_the_layer_window_holds_all_of_the_layers(renderer, avatar, monkeypatch):
+    motion = np.concatenate([motions(*AT_THE_EDGES), motions(*VARIED)])
+    windowed = render(renderer, avatar, motion)
+    whole = torch.tensor([0, 0]), torch.tensor([SIZE, SIZE])
+    monkeypatch.setattr(renderer, "_window", lambda to_patch: whole)
+    assert (render(renderer, avatar, motion) - windowed).abs().max().item() < 1e-6
+
+
+def test_layers_at_the_frame_edges_in_onnx_and_in_batches(onnx_session, renderer, avatar):
+    from export.onnx_export import RENDER_TOLERANCE, onnx_feed
+
+    motion = np.concatenate([motions(*AT_THE_EDGES), motions({"jawOpen": 0.8})])
+    expected = render(renderer, avatar, motion)
+    alone = torch.cat([render(renderer, avatar, m[None]) for m in motion])
+    assert (expected - alone).abs().max().item() < 1e-5
+    for batch in (motion, motion[:1], motion[-2:-1]):
+        (got,) = onnx_session.run(["frames"], onnx_feed(onnx_session, batch, avatar))
+        want = render(renderer, avatar, batch).numpy()
+        assert float(np.abs(got - want).max()) < RENDER_TOLERANCE
+
+
 # ---- the avatar cache ----------------------------------------------------------------------
 
 

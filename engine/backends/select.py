@@ -150,8 +150,9 @@ def _exported_networks(
     if form is None:  # the form the folder was exported in (`dreamtalk export --denoiser`)
         form = cache.manifest().get("denoiser", {}).get("form", DEFAULT_FORM)
     runners = {g.name: load(g) for g in motion_graphs(models, form)}
-    # ONNX Runtime's CPU renderer is slower than PyTorch's (its GridSample kernel and its
-    # broadcasting over (H, W, 2) coordinates; docs/export.md): auto keeps it in PyTorch
+    # ONNX Runtime's CPU renderer beats PyTorch's at 256 px but not at 512 px: its GridSample
+    # costs about 2.3x PyTorch's per pixel, and a frame needs one full-resolution sample of
+    # the portrait (docs/export.md). Until it wins at every size, auto keeps it in PyTorch.
     renderer_in_torch = choice == "auto" and kind == ORT_CPU
 
     def make_renderer(size: int) -> Runner:
