@@ -231,23 +231,30 @@ class Feeder:
         return pushes[j][2] if j < len(pushes) else None
 
 
-def _engine(models, cfg: StreamConfig | None = None, workers: int = 1, threads: int = 1):
-    return StreamEngine(models, cfg or StreamConfig(), clock="monotonic", workers=workers,
-                        torch_threads=threads)  # fmt: skip
+def _engine(models, cfg: StreamConfig | None = None, workers: int = 1, threads: int = 1,
+            max_batch: int = 1, clock="monotonic"):  # fmt: skip
+    return StreamEngine(models, cfg or StreamConfig(), clock=clock, workers=workers,
+                        torch_threads=threads, max_batch=max_batch)  # fmt: skip
+
+
+def session_audios(audio: np.ndarray, sessions: int) -> list[np.ndarray]:
+    """The same speech for every session, each starting at another point of it."""
+    shift = len(audio) // max(1, sessions)
+    return [np.roll(audio, k * shift) for k in range(sessions)]
 
 
 def live_run(
     models, audio: np.ndarray, sessions: int = 1, size: int = 256, workers: int = 1,
-    threads: int = 1, cfg: StreamConfig | None = None, render: bool = True,
+    threads: int = 1, cfg: StreamConfig | None = None, render: bool = True, max_batch: int = 1,
 ) -> dict:  # fmt: skip
-    """N sessions fed the same speech (offset per session) in real time; latency, drops."""
-    with _engine(models, cfg, workers, threads) as engine:
+    """N sessions fed the same speech (offset per session) in real time; latency, drops.
+    ``max_batch``: cross-session batching (1: off)."""
+    with _engine(models, cfg, workers, threads, max_batch) as engine:
         opened = [
             engine.open_session(None, "neutral", 2, seed=k, render=render, size=size)
             for k in range(sessions)
         ]
-        shift = len(audio) // max(1, sessions)
-        audios = [np.roll(audio, k * shift) for k in range(sessions)]
+        audios = session_audios(audio, sessions)
         rss_open = rss_mb()
         feeder = Feeder(opened, audios)
         feeder.run()
@@ -292,6 +299,39 @@ def live_run(
             dropped == 0 and out["latency_ms_p95"] <= out["playout_delay_ms"] and gaps == 0
         )
         return out
+
+
+def offline_run(
+    models, audio: np.ndarray, sessions: int = 1, size: int = 256, workers: int = 1,
+    max_batch: int = 1, keep_images: int = 0,
+) -> dict:  # fmt: skip
+    """N sessions given their whole speech at once on the offline clock: as fast as the
+    engine goes. Frames, wall and CPU seconds of the process (CPU time does not count other
+    processes on a shared machine); the first ``keep_images`` images of the first session."""
+    with _engine(models, workers=workers, max_batch=max_batch, clock=None) as engine:
+        opened = [engine.open_session(None, "neutral", 2, seed=k, size=size)
+                  for k in range(sessions)]  # fmt: skip
+        wall, cpu = time.perf_counter(), time.process_time()
+        for s, a in zip(opened, session_audios(audio, sessions), strict=True):
+            s.push_audio(a)
+            s.flush()
+        frames, images, busy = 0, [], True
+        while busy:
+            busy = False
+            for s in opened:
+                s.drain(120)
+                got = s.pull_frames()
+                frames += len(got)
+                busy = busy or bool(got)
+                if s is opened[0]:
+                    images += [f.image for f in got][: keep_images - len(images)]
+        return {
+            "sessions": sessions,
+            "frames": frames,
+            "wall_s": time.perf_counter() - wall,
+            "cpu_s": time.process_time() - cpu,
+            "images": images,
+        }
 
 
 def capacity(models, audio: np.ndarray, size: int, workers: int, max_sessions: int) -> dict:

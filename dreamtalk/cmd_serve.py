@@ -43,6 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="weights folder (default: weights/)")
     p.add_argument("--workers", type=int, default=1, help="engine worker threads (cores)")
     p.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        help="sessions whose blocks run in one call per network (cross-session batching; "
+        "1: off; default 8)",
+    )
+    p.add_argument(
         "--ice-server",
         action="append",
         default=[],
@@ -103,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         weights=args.weights,
         workers=args.workers,
+        max_batch=args.max_batch,
         ice_servers=[IceServer.parse(spec) for spec in args.ice_server],
         ice_hosts=list(args.ice_host),
         video_codec=args.video_codec,

@@ -178,6 +178,7 @@ def run_train(args: argparse.Namespace) -> int:
             style_dim=emodiff.cfg.dim,
             audio=emodiff.cfg.audio,
             from_audio=LIP_GAP_NAMES,
+            reads_shape=False,
         )
         model = LipRefiner(_replace(defaults, model_sets, "LipRefinerConfig"))
         tcfg = _replace(LipsTrainConfig(), train_sets, "LipsTrainConfig")

@@ -346,6 +346,15 @@ class MotionModels:
     def null_style(self) -> torch.Tensor:
         return self.emodiff.style.null(1)
 
+    def window_noise(
+        self, generator: torch.Generator | None, batch: int = 1, model: EmoDiff | None = None
+    ) -> torch.Tensor:
+        """The sampler's start of ``batch`` windows, drawn from ``generator``: (batch, seq_len,
+        MOTION_DIM). Drawn in Python, whatever runs the network, so every backend and every
+        batch a session's window is run in start from the same noise."""
+        model = self.emodiff if model is None else model
+        return torch.randn((batch, model.cfg.seq_len, MOTION_DIM), generator=generator)
+
     @torch.no_grad()
     def sample_window(
         self,
@@ -356,19 +365,27 @@ class MotionModels:
         guidance: float | None = None,
         generator: torch.Generator | None = None,
         model: EmoDiff | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One EmoDiff window: feats (B, seq_len, dim), style (B or 1, dim), known (B, n_known,
+        """EmoDiff windows: feats (B, seq_len, dim), style (B or 1, dim), known (B, n_known,
         MOTION_DIM) raw frames for the first n_known < seq_len positions (or None) ->
         (B, seq_len, MOTION_DIM) raw, the known frames returned as given.
 
+        ``noise`` (B, seq_len, MOTION_DIM) is the sampler's start, one row per window: the
+        batched entry, where each row is its own window (a session's, its noise drawn from
+        that session's generator), so that a row's result does not depend on the rows batched
+        with it (up to float rounding). None: drawn from ``generator`` (`window_noise`).
         ``model`` picks another EmoDiff (e.g. ``self.teacher`` for the full sampler)."""
         model = self.emodiff if model is None else model
         steps = self.steps if steps is None and model is self.emodiff else steps
         steps = FULL_SAMPLER_STEPS if steps is None else steps
         guidance = self.guidance if guidance is None else guidance
+        self._check_window(feats, model)
         b, t = feats.shape[:2]
-        if t != model.cfg.seq_len:
-            raise ValueError(f"a window is {model.cfg.seq_len} frames of features, got {t}")
+        if noise is None:
+            noise = self.window_noise(generator, b, model)
+        elif noise.shape != (b, t, MOTION_DIM):
+            raise ValueError(f"noise must be {(b, t, MOTION_DIM)}, got {tuple(noise.shape)}")
         known_n = torch.zeros(b, t, MOTION_DIM)
         mask = torch.zeros(b, t)
         if known is not None:
@@ -380,13 +397,17 @@ class MotionModels:
             known_n[:, :n] = model.motion_norm.normalize(k)
             mask[:, :n] = 1.0
         style = style.expand(b, -1)
-        # drawn here, whatever runs the network, so every backend starts from the same noise
-        noise = torch.randn(known_n.shape, generator=generator)
         x = self._sample(model, noise, known_n, mask, feats, style, steps, guidance)
         out = clamp_motion(model.motion_norm.denormalize(x))
         if known is not None:  # bit-exact pass-through of what was already emitted
             out[:, :n] = k
         return out
+
+    @staticmethod
+    def _check_window(feats: torch.Tensor, model: EmoDiff) -> None:
+        t = feats.shape[1]
+        if t != model.cfg.seq_len:
+            raise ValueError(f"a window is {model.cfg.seq_len} frames of features, got {t}")
 
     def _sample(
         self,

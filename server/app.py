@@ -364,9 +364,10 @@ def create_app(config: ServerConfig, engine: StreamEngine | None = None) -> web.
         # the first session opens; one intra-op thread per call, as the engine runs PyTorch
         models.use_backend(
             config.backend, engine_dir=config.engine_dir, threads=1, fp16=config.fp16,
-            sizes=(config.size,),
+            sizes=(config.size,), max_batch=max(8, config.max_batch),
         )  # fmt: skip
-        engine = StreamEngine(models, config.stream, workers=config.workers)
+        engine = StreamEngine(models, config.stream, workers=config.workers,
+                              max_batch=config.max_batch)  # fmt: skip
     state = ServerState(config, engine)
     app = web.Application(
         middlewares=[plain_errors], client_max_size=config.max_upload_bytes + 65536

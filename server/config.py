@@ -27,6 +27,9 @@ class ServerConfig:
     max_sessions: int = 4
     weights: str | None = None  # None: weights/
     workers: int = 1  # engine worker threads (cores for the models and the renderer)
+    # Sessions whose blocks run in one call per network (cross-session batching,
+    # docs/streaming.md); 1: off. Also the TensorRT engines' largest batch when above 8.
+    max_batch: int = 8
     ice_servers: list[IceServer] = field(default_factory=list)  # none: host candidates only
     ice_hosts: list[str] = field(default_factory=list)  # addresses ICE gathers (None: auto)
     video_codec: str = "vp8"  # default when the offer does not ask
@@ -48,6 +51,8 @@ class ServerConfig:
             raise ValueError(f"--size must be 256 or 512, got {self.size}")
         if self.max_sessions < 1:
             raise ValueError(f"--max-sessions must be at least 1, got {self.max_sessions}")
+        if self.max_batch < 1:
+            raise ValueError(f"--max-batch must be at least 1, got {self.max_batch}")
         if self.video_codec not in ("vp8", "h264"):
             raise ValueError(f"--video-codec must be vp8 or h264, got {self.video_codec!r}")
         if not 0 < self.port < 65536:

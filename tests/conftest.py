@@ -44,3 +44,14 @@ def export_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("engines")
     assert main(["export", "--out", str(folder)]) == 0
     return folder
+
+
+def drain_frames(session) -> list:
+    """Every frame an offline session has left to give (after `flush`), in order."""
+    frames = []
+    while True:
+        assert session.drain(60)
+        got = session.pull_frames()
+        if not got:
+            return frames
+        frames += got

@@ -13,6 +13,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import drain_frames
 
 from dreamtalk.bench_stream import speech_audio
 from dreamtalk.cli import main
@@ -48,13 +49,7 @@ def _frames(models: MotionModels, audio: np.ndarray) -> tuple[np.ndarray, np.nda
         for i in range(0, len(audio), 320):
             session.push_audio(audio[i : i + 320])
         session.flush()
-        frames = []
-        while True:
-            assert session.drain(60)
-            got = session.pull_frames()
-            if not got:
-                break
-            frames += got
+        frames = drain_frames(session)
     return np.stack([f.motion for f in frames]), np.stack([f.image for f in frames])
 
 

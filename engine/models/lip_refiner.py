@@ -1,15 +1,25 @@
 """Lip refiner: re-predicts the mouth and jaw from the audio, keeping the emotion's mouth shape.
 
 Mouth dynamics are tied to the audio far more tightly than the rest of the face, and a diffusion
-sample spends part of its freedom there. The refiner reads, per frame, the audio feature (from
-EmoDiff's audio encoder), the *shape* of EmoDiff's mouth (its ``MOUTH_NAMES`` channels,
-normalised, through a causal mean over ``shape_frames`` = 9 frames) and the style vector, and
-predicts the mouth as that shape plus the articulation the audio calls for. The mean lets an
-emotion's mouth shape (a smile, a frown) through at the intensity EmoDiff chose, and stops
-EmoDiff's articulation, right or wrong or jittery, from reaching the output. The refiner does
-not read the rest of the face either, so it cannot re-derive a typical smile from the cheeks
-or the style instead of keeping the one it is given (the training adds random offsets to the
-target mouth shape to make the same point, `engine.training.lips.offset_mouth`).
+sample spends part of its freedom there. The refiner reads, per frame, audio features, the
+*shape* of EmoDiff's mouth (its ``MOUTH_NAMES`` channels, normalised, through a causal mean over
+``shape_frames`` = 9 frames) and the style vector, and predicts the mouth as that shape plus
+what the audio calls for. The mean lets an emotion's mouth shape (a smile, a frown) through at
+the intensity EmoDiff chose, and stops EmoDiff's articulation, right or wrong or jittery, from
+reaching the output. The refiner does not read the rest of the face either, so it cannot
+re-derive a typical smile from the cheeks or the style instead of keeping the one it is given
+(the training adds random offsets to the target mouth shape to make the same point,
+`engine.training.lips.offset_mouth`).
+
+Two switches say how much of EmoDiff's mouth it reads (the default recipe sets both; an older
+checkpoint has neither and reads it all):
+
+- ``from_audio``: channels whose EmoDiff values are not read at all. The default is every
+  channel that parts the lips (`LIP_GAP_NAMES`): the lip gap is the audio's and the style's to
+  say, and EmoDiff's values, read as a shape, held lips apart on bilabials;
+- ``reads_shape`` False: the network itself reads only the audio and the style; EmoDiff's
+  shape of the other channels is only added back to its output, so no EmoDiff jitter can reach
+  the articulation through them.
 
 Every other channel (eyes, brows, cheeks, nose, head pose) is passed through *bit for bit*: the
 output is ``motion * keep + mouth @ scatter`` with 0/1 matrices, in raw units, so no
@@ -76,6 +86,10 @@ class LipRefinerConfig:
     # decide them (the default recipe: every channel that parts the lips, `LIP_GAP_NAMES`).
     # EmoDiff's shape is kept on the others (smile, frown, ...). Empty: every channel's shape.
     from_audio: tuple[str, ...] = ()
+    # False: the network reads only the audio and the style; EmoDiff's shape (of the channels
+    # not in from_audio) is only added back to its output. The articulation then cannot pick
+    # up EmoDiff's jitter through the expressive channels (the default recipe).
+    reads_shape: bool = True
 
     def __post_init__(self) -> None:
         if self.audio is not None and self.audio.dim != self.audio_dim:
@@ -136,6 +150,8 @@ class LipRefiner(nn.Module):
         read = torch.ones(len(MOUTH_INDICES))
         read[[MOUTH_NAMES.index(n) for n in cfg.from_audio]] = 0.0
         self.register_buffer("mouth_read", read, persistent=False)
+        seen = read if cfg.reads_shape else torch.zeros_like(read)
+        self.register_buffer("shape_seen", seen, persistent=False)
 
     def predict_mouth(
         self, feats: torch.Tensor, motion: torch.Tensor, style: torch.Tensor
@@ -146,7 +162,8 @@ class LipRefiner(nn.Module):
         k = self.cfg.shape_frames
         padded = F.pad(mouth.transpose(1, 2), (k - 1, 0), mode="replicate")
         shape = F.avg_pool1d(padded, k, stride=1).transpose(1, 2)  # causal mean
-        h = self.inp(torch.cat([feats, shape], dim=-1)) + self.style_in(style)[:, None]
+        seen = shape * self.shape_seen  # what the network itself reads of EmoDiff's mouth
+        h = self.inp(torch.cat([feats, seen], dim=-1)) + self.style_in(style)[:, None]
         for block in self.blocks:
             h = block(h)
         # the articulation on top of EmoDiff's mouth shape: at initialisation the refiner

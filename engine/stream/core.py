@@ -31,16 +31,24 @@ and a session starts from a face that is idling in its emotion.
 
 EmoDiff is conditioned on its own raw output (what `MotionModels.generate` does offline too);
 the gate and idle layer are applied after, per frame, so they never feed back into the model.
+
+The block runs in phases: per-session work (mel and VAD; features cached and the window's
+inputs; blend and the refiner's inputs; post) around the three network calls (audio encoders,
+EmoDiff window, lip refiner). `run_blocks` runs the blocks of several sessions together, each
+network called once for all of them (cross-session batching); `SessionCore.step` is a batch of
+one, so the offline renderer, the tests and the live engine share one code path.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from engine.blendshapes import MOTION_DIM, NUM_BLENDSHAPES
 from engine.features import MEL, MEL_LOOKAHEAD_SAMPLES, MELS_PER_FRAME, log_mel
@@ -274,36 +282,53 @@ class SessionCore:
         rows = log_mel(audio, end_frame - a + 1)[MELS_PER_FRAME:]
         self.mel.append(a, rows.reshape(-1, MELS_PER_FRAME, MEL.n_mels))
 
-    def _features(self, b: int) -> None:
-        """Features of frames [b, b + H) into the cache."""
-        lo, hi = b - self.left, b + self.H + self.L_model
-        real_end = b + self.H + self.L  # frames past this read silence (reduced look-ahead)
+    # The block in phases: per-session work (`_begin`, `_take_features`, `_take_window`,
+    # `_finish`) around the network calls, which `run_blocks` makes once for a whole batch of
+    # sessions. `step` is a batch of one.
+    def step(self) -> list[MotionFrame]:
+        """Run the next block (the caller checked `ready()`, or forced silence); returns the
+        frames it completes, in order (none while the refiner's delay fills)."""
+        (frames,) = run_blocks([self])
+        if isinstance(frames, Exception):
+            raise frames
+        return frames
+
+    def _begin(self) -> Block:
+        """The block's mel span (the encoders' input), its VAD flags; silence committed
+        first if the caller forced the block (no-op unless the audio is late or over)."""
+        b, H = self.next_block, self.H
+        self.force_silence()
+        lo, hi = b - self.left, b + H + self.L_model
+        real_end = b + H + self.L  # frames past this read silence (reduced look-ahead)
         self._mel_upto(real_end)
         mel = self.mel.get(lo, hi)
         if real_end < hi:
             mel[real_end - lo :] = SILENCE_LOG_MEL
-        mel_t = torch.from_numpy(mel.reshape(1, -1, MEL.n_mels))
-        self.feats.append(b, self.models.encode_audio(mel_t)[0].numpy())
-        if self.lip_feats is not self.feats:
-            self.lip_feats.append(b, self.models.encode_lip_audio(mel_t)[0].numpy())
-
-    def step(self) -> list[MotionFrame]:
-        """Run the next block (the caller checked `ready()`, or forced silence); returns the
-        frames it completes, in order (none while the refiner's delay fills)."""
-        b, H, S = self.next_block, self.H, self.S
-        self.force_silence()  # no-op unless the audio is late or over (the caller decided)
-        m = self.models
-        self._features(b)
         self.vad.advance(self.timeline, b + H + self.L)
+        return Block(self, b, torch.from_numpy(mel.reshape(1, -1, MEL.n_mels)))
 
-        # EmoDiff: window [b + H - S, b + H), the first O frames known
+    def _take_features(
+        self, block: Block, feats: torch.Tensor, lip_feats: torch.Tensor | None
+    ) -> None:
+        """Features of frames [b, b + H) into the cache; the EmoDiff window's inputs: window
+        [b + H - S, b + H), the first O frames known, noise from this session's generator."""
+        b, H, S = block.b, self.H, self.S
+        self.feats.append(b, feats[0].numpy())
+        if lip_feats is not None:
+            self.lip_feats.append(b, lip_feats[0].numpy())
         w0 = b + H - S
-        feats = torch.from_numpy(self.feats.get(w0, b + H))[None]
-        known = torch.from_numpy(self.raw.get(w0, w0 + self.O))[None] if self.O else None
-        out = m.sample_window(
-            feats, self.style_at(b + H - 1), known, self.cfg.steps, self.cfg.guidance,
-            self.generator,
-        )[0].numpy()  # fmt: skip
+        block.window = WindowInputs(
+            feats=torch.from_numpy(self.feats.get(w0, b + H))[None],
+            known=torch.from_numpy(self.raw.get(w0, w0 + self.O))[None] if self.O else None,
+            style=self.style_at(b + H - 1),
+            noise=self.models.window_noise(self.generator),
+        )
+
+    def _take_window(self, block: Block, window: torch.Tensor) -> None:
+        """EmoDiff's window (1, S, MOTION_DIM): its new frames, blended onto the emitted ones;
+        the lip refiner's inputs, frames [b - R, b + H)."""
+        b, H, S = block.b, self.H, self.S
+        out = window[0].numpy()
         new = out[S - H :].copy()
         if self.cfg.crossfade_frames:
             # with fewer known frames than the overlap, the window re-estimated the last
@@ -312,14 +337,17 @@ class SessionCore:
             new = self._crossfade(b, new, regen)
         self.raw.append(b, new)
         self.next_block = b + H
-
-        # lip refiner (causal): frames [b, b + H), with R frames of left context
         lo = b - self.R
-        raw_span = torch.from_numpy(self._raw_or_first(lo, b + H))[None]
-        feat_span = torch.from_numpy(self._lip_feats_or_silence(lo, b + H))[None]
-        refined = m.refine_lips(feat_span, raw_span, self.style_at(b + H - 1))[0].numpy()
-        refined = refined[self.R :]
+        block.refine = RefineInputs(
+            feats=torch.from_numpy(self._lip_feats_or_silence(lo, b + H))[None],
+            motion=torch.from_numpy(self._raw_or_first(lo, b + H))[None],
+            style=self.style_at(b + H - 1),
+        )
 
+    def _finish(self, block: Block, refined: torch.Tensor) -> list[MotionFrame]:
+        """The refined frames [b, b + H), post-processed frame by frame."""
+        b, H = block.b, self.H
+        refined = refined[0].numpy()[self.R :]
         frames = []
         for i, n in enumerate(range(b, b + H)):
             motion = self.smoother.step(refined[i])
@@ -383,3 +411,149 @@ class SessionCore:
         self.mel.trim(b - self.left - 2)
         self.timeline.trim_before((b - 2) * SAMPLES_PER_FRAME - MEL_LOOKAHEAD_SAMPLES)
         self.vad.forget_before(b - self.gate.hang - self.gate.MAX_RUN - 2)
+
+
+# ---- a batch of blocks ------------------------------------------------------------------------
+@dataclass
+class WindowInputs:
+    """One session's EmoDiff window (`MotionModels.sample_window`), a batch axis of 1."""
+
+    feats: torch.Tensor  # (1, S, feature dim)
+    known: torch.Tensor | None  # (1, O, MOTION_DIM) raw motion already produced; None: O = 0
+    style: torch.Tensor  # (1, style dim), the ramp's value at the block's last frame
+    noise: torch.Tensor  # (1, S, MOTION_DIM) from the session's own generator
+
+
+@dataclass
+class RefineInputs:
+    """One session's lip refiner call over frames [b - R, b + H), a batch axis of 1."""
+
+    feats: torch.Tensor  # (1, R + H, lip feature dim)
+    motion: torch.Tensor  # (1, R + H, MOTION_DIM) EmoDiff's raw output
+    style: torch.Tensor  # (1, style dim)
+
+
+@dataclass
+class Block:
+    """One session's block on its way through the phases of `run_blocks`."""
+
+    core: SessionCore
+    b: int  # its first frame
+    mel: torch.Tensor  # (1, mel rows, n_mels): the audio encoders' input
+    window: WindowInputs | None = None
+    refine: RefineInputs | None = None
+
+
+def run_blocks(
+    cores: Sequence[SessionCore], blocks_out: list[Block] | None = None
+) -> list[list[MotionFrame] | Exception]:
+    """The next block of each core (each ready, or forced by its caller), with every network
+    called once per phase for all of them (cross-session batching):
+
+    1. per session: mel span, VAD                      (`SessionCore._begin`)
+    2. the audio encoders over all the mel spans       (one call each: the spans are equal)
+    3. per session: features cached, window inputs     (noise from the session's generator)
+    4. EmoDiff over all the windows                    (`MotionModels.sample_window`)
+    5. per session: seam blend, refiner inputs
+    6. the lip refiner over all the spans              (equal spans)
+    7. per session: gate, idle, smoothing              (`SessionCore._finish`)
+
+    Rows that cannot share a call (other shapes, steps or guidance) go in calls of their own.
+    A session's result is what `SessionCore.step` alone gives, up to float rounding of the
+    batched calls (bit for bit for a batch of one); each row keeps its own noise, drawn in
+    the order an unbatched session draws it. Returns each core's frames, or the exception
+    that stopped it: one session's failure does not stop the others (a batched call that
+    fails is retried row by row). ``blocks_out``, when given, receives the blocks that ran,
+    with each network's inputs (benchmarks replay them)."""
+    if not cores:
+        return []
+    models = cores[0].models
+    if any(core.models is not models for core in cores):
+        raise ValueError("the sessions of one batch must share their MotionModels")
+    out: dict[int, list[MotionFrame] | Exception] = {}
+    blocks = _each(out, dict(enumerate(cores)), lambda i, core: core._begin())
+
+    def mel(blk: Block) -> tuple[tuple, Row]:
+        return (), (blk.mel,)
+
+    feats = call_batched(out, blocks, mel, lambda _, m: models.encode_audio(m))
+    lip: dict[int, torch.Tensor] = {}
+    if not models.lip_features_shared:
+        lip = call_batched(out, blocks, mel, lambda _, m: models.encode_lip_audio(m))
+    _each(out, blocks, lambda i, blk: blk.core._take_features(blk, feats[i], lip.get(i)))
+
+    def window(blk: Block) -> tuple[tuple, Row]:
+        w, cfg = blk.window, blk.core.cfg
+        return (cfg.steps, cfg.guidance), (w.feats, w.known, w.style, w.noise)
+
+    def sample(key: tuple, feats: Tensor, known: Tensor | None, style: Tensor, noise: Tensor):
+        return models.sample_window(feats, style, known, *key, noise=noise)
+
+    windows = call_batched(out, blocks, window, sample)
+    _each(out, blocks, lambda i, blk: blk.core._take_window(blk, windows[i]))
+
+    def spans(blk: Block) -> tuple[tuple, Row]:
+        r = blk.refine
+        return (), (r.feats, r.motion, r.style)
+
+    refined = call_batched(out, blocks, spans, lambda _, *x: models.refine_lips(*x))
+    for i, frames in _each(out, blocks, lambda i, blk: blk.core._finish(blk, refined[i])).items():
+        out[i] = frames
+    if blocks_out is not None:
+        blocks_out.extend(blocks.values())
+    return [out[i] for i in range(len(cores))]
+
+
+Row = tuple[Tensor | None, ...]  # one session's inputs to a network call, batch axis of 1
+
+
+def _each(out: dict, items: dict, fn: Callable) -> dict:
+    """``fn(i, item)`` for every item; an item whose call raises is recorded in ``out`` and
+    removed from ``items``. Returns the results of the others."""
+    results = {}
+    for i, item in list(items.items()):
+        try:
+            results[i] = fn(i, item)
+        except Exception as err:  # one session's failure must not stop the others
+            out[i] = err
+            del items[i]
+    return results
+
+
+def call_batched(out: dict, items: dict, row_of: Callable, call: Callable) -> dict[int, Tensor]:
+    """``call(key, *stacked rows)`` once per group of items whose rows agree in key and
+    shapes (``row_of(item) -> (key, row)``: the call's options and its tensors, each with a
+    batch axis of 1, None where absent); returns each item's row of the output (a batch axis
+    of 1). A group's call that raises is retried row by row, so that only the rows that fail
+    alone fail: their exception goes in ``out`` and they leave ``items``."""
+    groups: dict[tuple, list] = {}
+    rows: dict = {}
+    for i, item in list(items.items()):
+        try:
+            key, rows[i] = row_of(item)
+        except Exception as err:
+            out[i] = err
+            del items[i]
+            continue
+        shapes = tuple(None if t is None else tuple(t.shape) for t in rows[i])
+        groups.setdefault((key, shapes), []).append(i)
+    result: dict = {}
+    for (key, _), idx in groups.items():
+        if len(idx) > 1:
+            stacked = [None if t is None else torch.cat([rows[i][k] for i in idx])
+                       for k, t in enumerate(rows[idx[0]])]  # fmt: skip
+            try:
+                y = call(key, *stacked)
+            except Exception as err:
+                log.warning("a batched call of %d rows failed (%s): one row at a time",
+                            len(idx), err)  # fmt: skip
+            else:
+                result.update({i: y[j : j + 1] for j, i in enumerate(idx)})
+                continue
+        for i in idx:
+            try:
+                result[i] = call(key, *rows[i])
+            except Exception as err:
+                out[i] = err
+                del items[i]
+    return result

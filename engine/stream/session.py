@@ -51,7 +51,7 @@ import torch
 from engine.blendshapes import MOTION_DIM
 from engine.renderer import to_uint8_frames
 from engine.stream.audio_input import PolyphaseResampler, check_rate, to_mono_float
-from engine.stream.core import MotionFrame, SessionCore
+from engine.stream.core import MotionFrame, SessionCore, call_batched
 from engine.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 if TYPE_CHECKING:
@@ -148,15 +148,16 @@ class Session:
         self.render = render
         self._renderer = None
         self._render_inputs: tuple[torch.Tensor, ...] = ()
+        self._render_key: tuple[int, int] | None = None  # sessions that render in one call
+        self.avatar: Avatar | None = None  # held: the engine shares it while sessions use it
         self.size = size
         if render:
-            if avatar is None or isinstance(avatar, str):
-                from engine.avatar import load_avatar
-
-                avatar = load_avatar(avatar, size)
+            avatar = engine.avatar(avatar, size)
+            self.avatar = avatar
             self.size = avatar.size
             self._renderer = engine.renderer(avatar.size)
             self._render_inputs = avatar.render_inputs()
+            self._render_key = (avatar.size, id(avatar))
         self.on_frames = on_frames
         self.H = self.core.H
         self.playout_delay = cfg.playout_delay_s(self.core.L)
@@ -173,7 +174,8 @@ class Session:
         self._owed_to = 0  # frames owed by flush()
         self._started_next = 0  # first frame of the first block not started
         self._emitted_to = 0
-        self._busy = False  # a worker is running a block (engine lock)
+        # the worker thread running a block of this session, else None (engine lock)
+        self._busy: threading.Thread | None = None
         self._closed = False
         self._error: BaseException | None = None
         self.stats = SessionStats()
@@ -366,9 +368,11 @@ class Session:
                 at = need + self._jitter
             return None, self.t0 + at / SAMPLE_RATE
 
-    def _run_block(self) -> None:
-        engine, core = self.engine, self.core
-        start = engine.now()
+    def _begin_block(self, start: float) -> PendingBlock | None:
+        """Take the queued input and decide whether the next block runs now (its audio is in,
+        or the clock forces it on with silence); None if it does not. The block itself runs
+        in `engine.stream.core.run_blocks`, maybe batched with other sessions' blocks."""
+        engine = self.engine
         with self._lock:
             items, self._inbox = self._inbox, []
             b = self._started_next
@@ -390,11 +394,10 @@ class Session:
                 self._started_next = b + self.H
         self._apply(items)
         if not run:
-            return
+            return None
         if close_stream is not None:
             log.debug("session %d: audio late at frame %d, going on with silence", self.id, b)
-        frames = core.step()
-        self._deliver(frames, start, b, forced)
+        return PendingBlock(self, b, start, forced)
 
     def _apply(self, items: list[tuple]) -> None:
         core = self.core
@@ -418,46 +421,115 @@ class Session:
                 if cut != item[1]:  # cannot happen: the cut is the first block not started
                     log.error("session %d: interrupt cut at %d, promised %d", self.id, cut, item[1])
 
-    def _deliver(self, frames: list[MotionFrame], start: float, b: int, forced: bool) -> None:
-        """Render and queue a block's frames one by one, so the block's first frame (the one
-        that waited longest for its audio) is out before the second is rendered."""
+    def _late(self, frame: MotionFrame) -> bool:
+        """Past its due time: rendering it would only make the next ones late too."""
         engine = self.engine
-        delivered = dropped = 0
-        for f in frames:
-            image = None
-            if self.render:
-                if engine.live and engine.now() > self.t0 + f.index / FPS + self.playout_delay:
-                    dropped += 1  # late: rendering it would only make the next ones late too
-                    continue
-                with torch.no_grad():
-                    picture = self._renderer(torch.from_numpy(f.motion[None]), *self._render_inputs)
-                image = to_uint8_frames(picture)[0]
-            frame = Frame(f.index, f.index / FPS, image, f.motion, f.speech, f.filled, engine.now())
-            with self._lock:
-                self._out.append(frame)
-                if engine.live and len(self._out) > engine.config.max_queued_frames:
-                    self._out.popleft()  # nobody is pulling: keep the newest
-                    self.stats.overflow_frames += 1
-                self._frames_ready.notify_all()
-            delivered += 1
-            if self.on_frames is not None:
-                try:
-                    self.on_frames()
-                except Exception:  # the caller's callback must not stop the session
-                    log.exception("session %d: on_frames callback failed", self.id)
+        return engine.live and engine.now() > self.t0 + frame.index / FPS + self.playout_delay
+
+    def _queue(self, f: MotionFrame, image: np.ndarray | None) -> None:
+        engine = self.engine
+        frame = Frame(f.index, f.index / FPS, image, f.motion, f.speech, f.filled, engine.now())
         with self._lock:
-            if frames:
-                self._emitted_to = frames[-1].index + 1
+            self._out.append(frame)
+            if engine.live and len(self._out) > engine.config.max_queued_frames:
+                self._out.popleft()  # nobody is pulling: keep the newest
+                self.stats.overflow_frames += 1
+            self._frames_ready.notify_all()
+        if self.on_frames is not None:
+            try:
+                self.on_frames()
+            except Exception:  # the caller's callback must not stop the session
+                log.exception("session %d: on_frames callback failed", self.id)
+
+    def _end_block(self, block: PendingBlock) -> None:
+        with self._lock:
+            if block.frames:
+                self._emitted_to = block.frames[-1].index + 1
             st = self.stats
-            st.frames += delivered
-            st.dropped_frames += dropped
-            st.underrun_frames += len(frames) if forced else 0
-            st.blocks.append(BlockRecord(b, self.H, start, engine.now(), forced))
+            st.frames += block.delivered
+            st.dropped_frames += block.dropped
+            st.underrun_frames += len(block.frames) if block.forced else 0
+            st.blocks.append(BlockRecord(block.b, self.H, block.start, self.engine.now(),
+                                         block.forced))  # fmt: skip
 
     def _fail(self, err: BaseException) -> None:
         with self._lock:
             self._error = err
             self._frames_ready.notify_all()
+
+
+@dataclass
+class PendingBlock:
+    """A session's block that a worker runs (`Session._begin_block`), then delivers."""
+
+    session: Session
+    b: int  # its first frame
+    start: float  # engine clock when the worker took it
+    forced: bool  # run by the clock without (all) its audio
+    frames: list[MotionFrame] = field(default_factory=list)
+    delivered: int = 0
+    dropped: int = 0
+    failed: bool = False
+
+
+def deliver_blocks(
+    blocks: list[PendingBlock], batch_renders: Callable[[int], bool] = lambda size: False
+) -> None:
+    """Render and queue the frames of blocks run together, frame slot by frame slot: every
+    block's first frame (the one that waited longest for its audio) goes out before any
+    second frame is rendered. Where ``batch_renders(size)``, the frames of one slot whose
+    sessions share an avatar and that size (sessions opened on the same `Avatar`, or the same
+    portrait file) are rendered in one call; else each in a call of its own. A frame past its
+    due time is dropped, not rendered. A session whose render fails fails alone."""
+    slots = max((len(blk.frames) for blk in blocks), default=0)
+    for slot in range(slots):
+        todo: dict[int, tuple[PendingBlock, MotionFrame]] = {}
+        for j, blk in enumerate(blocks):
+            s = blk.session
+            if slot >= len(blk.frames) or blk.failed or s._closed:
+                continue
+            f = blk.frames[slot]
+            if not s.render:
+                s._queue(f, None)
+                blk.delivered += 1
+            elif s._late(f):
+                blk.dropped += 1
+            else:
+                todo[j] = (blk, f)
+        for j, image in _render(todo, batch_renders).items():
+            blk, f = todo[j]
+            if isinstance(image, Exception):
+                log.error("session %d failed", blk.session.id, exc_info=image)
+                blk.session._fail(image)
+                blk.failed = True
+            else:
+                blk.session._queue(f, image)
+                blk.delivered += 1
+    for blk in blocks:
+        blk.session._end_block(blk)
+
+
+def _render(
+    todo: dict[int, tuple[PendingBlock, MotionFrame]], batch: Callable[[int], bool]
+) -> dict[int, np.ndarray | Exception]:
+    """uint8 images of the frames in ``todo``: one renderer call per avatar and size where
+    ``batch(size)``, else one per frame."""
+    failed: dict[int, np.ndarray | Exception] = {}
+    sessions = {blk.session._render_key: blk.session for blk, _ in todo.values()}
+
+    def row_of(item: tuple[PendingBlock, MotionFrame]) -> tuple[tuple, tuple]:
+        blk, f = item
+        s = blk.session
+        alone = () if batch(s.size) else (s.id,)  # a key of its own: a call of its own
+        return (s._render_key, *alone), (torch.from_numpy(f.motion[None]),)
+
+    def render(key: tuple, motion: torch.Tensor) -> torch.Tensor:
+        s = sessions[key[0]]
+        with torch.no_grad():
+            return s._renderer(motion, *s._render_inputs)
+
+    pictures = call_batched(failed, dict(todo), row_of, render)
+    return {**failed, **{j: to_uint8_frames(p)[0] for j, p in pictures.items()}}
 
 
 def motion_only(frames: list[Frame]) -> np.ndarray:
