@@ -380,8 +380,9 @@ class MotionModels:
         steps = self.steps if steps is None and model is self.emodiff else steps
         steps = FULL_SAMPLER_STEPS if steps is None else steps
         guidance = self.guidance if guidance is None else guidance
-        self._check_window(feats, model)
         b, t = feats.shape[:2]
+        if t != model.cfg.seq_len:
+            raise ValueError(f"a window is {model.cfg.seq_len} frames of features, got {t}")
         if noise is None:
             noise = self.window_noise(generator, b, model)
         elif noise.shape != (b, t, MOTION_DIM):
@@ -402,12 +403,6 @@ class MotionModels:
         if known is not None:  # bit-exact pass-through of what was already emitted
             out[:, :n] = k
         return out
-
-    @staticmethod
-    def _check_window(feats: torch.Tensor, model: EmoDiff) -> None:
-        t = feats.shape[1]
-        if t != model.cfg.seq_len:
-            raise ValueError(f"a window is {model.cfg.seq_len} frames of features, got {t}")
 
     def _sample(
         self,
@@ -483,7 +478,9 @@ class MotionModels:
         out = out[:, :n]
         if not refine:
             return out
-        return self.refine_lips(self.encode_lip_utterance(mel)[:, :n], out, style)
+        # the refiner's own features, or the ones EmoDiff just read (not encoded twice)
+        lip_feats = feats if self.lip_features_shared else self.encode_lip_utterance(mel)
+        return self.refine_lips(lip_feats[:, :n], out, style)
 
     @torch.no_grad()
     def generate_lstm(self, mel: np.ndarray | torch.Tensor, emotion: str | int, intensity: int):
