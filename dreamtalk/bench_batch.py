@@ -53,8 +53,8 @@ class BatchBenchConfig:
 
 
 def bench_batch(cfg: BatchBenchConfig) -> dict:
-    """{"load_average", "models", "audio", "backend", "workers", "trials", "runs": [{"size",
-    "sessions", "batching", "max_batch", "fps_wall", "fps_cpu", "latency_ms_p50",
+    """{"load_average", "models", "audio", "backend", "renderer", "workers", "trials",
+    "runs": [{"size", "sessions", "batching", "max_batch", "fps_wall", "fps_cpu", "latency_ms_p50",
     "latency_ms_p95", "dropped_frames", "realtime"}]}: medians over ``cfg.runs`` trials
     (``realtime``: in every trial)."""
     torch.set_num_threads(1)
@@ -84,7 +84,8 @@ def bench_batch(cfg: BatchBenchConfig) -> dict:
     return {
         "models": label,
         "audio": f"{audio_label}, {len(audio) / SAMPLE_RATE:.1f} s per session",
-        "backend": f"{models.nets.backend} (renderer {models.nets.renderer_backend})",
+        "backend": models.nets.backend,
+        "renderer": {str(s): models.nets.renderer_kind(s) for s in cfg.sizes},
         "workers": cfg.workers,
         "trials": cfg.runs,
         "runs": runs,
@@ -116,7 +117,8 @@ def _median(values: list):
 def print_table(r: dict) -> None:
     load = r["load_average"]
     print(
-        f"models: {r['models']}; audio: {r['audio']}; backend {r['backend']}; "
+        f"models: {r['models']}; audio: {r['audio']}; backend {r['backend']} "
+        f"(renderer {', '.join(f'{k} at {s} px' for s, k in r['renderer'].items())}); "
         f"{r['workers']} worker(s); load average {load['start']} -> {load['end']}"
     )
     head = (

@@ -183,7 +183,7 @@ def stage_calls(
         with torch.no_grad():
             return to_uint8_frames(renderer(motion, *inputs))
 
-    as_engine = renders_in_batches(models.nets.renderer_backend, size)  # what the engine does
+    as_engine = renders_in_batches(models.nets.renderer_kind(size), size)  # what the engine does
 
     def render_each():
         with torch.no_grad():
@@ -259,7 +259,8 @@ def bench_stages(cfg: StageBenchConfig) -> dict:
     }
     for backend in backends:
         models = on_backend(base, backend, cfg)
-        entry: dict = {"motion": models.nets.backend, "renderer": models.nets.renderer_backend}
+        renderer = {str(s): models.nets.renderer_kind(s) for s in cfg.sizes}
+        entry: dict = {"motion": models.nets.backend, "renderer": renderer}
         for size in cfg.sizes:
             offline_run(models, audio[:SAMPLE_RATE], 1, size)  # warm up: allocations, caches
             for n in cfg.sessions:
@@ -314,7 +315,7 @@ def print_table(r: dict) -> None:
         ("e2e_frame", "e2e/frame", 9),
         ("e2e_block", "e2e/block", 9),
     )
-    width = max(len(_name(b, e)) for b, e in r["backends"].items())
+    width = max(len(_name(b, e, int(s))) for b, e in r["backends"].items() for s in e["renderer"])
     print(
         f"{'backend':<{width}} {'size':>4} {'sess':>4} "
         + " ".join(f"{head:>{w}}" for _, head, w in columns)
@@ -327,7 +328,7 @@ def print_table(r: dict) -> None:
                 cells = " ".join(
                     f"{ms[k]:>{w}.2f}" if k in ms else f"{'-':>{w}}" for k, _, w in columns
                 )
-                print(f"{_name(backend, entry):<{width}} {size:>4} {n:>4} {cells}")
+                print(f"{_name(backend, entry, size):<{width}} {size:>4} {n:>4} {cells}")
     rat = r.get("ratios") or {}
     for size, by_net in rat.items():
         if size.isdigit():
@@ -338,10 +339,11 @@ def print_table(r: dict) -> None:
             )
 
 
-def _name(backend: str, entry: dict) -> str:
-    if entry["renderer"] == entry["motion"]:
+def _name(backend: str, entry: dict, size: int) -> str:
+    renderer = entry["renderer"][str(size)]
+    if renderer == entry["motion"]:
         return backend
-    return f"{backend} ({entry['motion']} + renderer {entry['renderer']})"
+    return f"{backend} ({entry['motion']} + renderer {renderer})"
 
 
 def show(result: dict, as_json: bool, table: Callable[[dict], None]) -> None:

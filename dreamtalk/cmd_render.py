@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> None:
     log.info("%d motion frames (%.2f s) from %s", len(motion), len(motion) / FPS, args.audio)
     if args.blendshapes_out:
         print(write_motion_csv(args.blendshapes_out, motion, fps=FPS))
-    if nets.renderer_backend == TORCH:
+    if nets.renderer_kind(args.size) == TORCH:
         out = render_motion_to_mp4(
             motion, Path(args.out), audio=audio, portrait=args.portrait, size=args.size,
             progress=not args.no_progress,

@@ -19,6 +19,7 @@ from dreamtalk.bench_stream import speech_audio
 from dreamtalk.cli import main
 from engine.backends import check_backend, load_networks, resolve_backend
 from engine.backends import select as backend_select
+from engine.backends.base import TorchRunner
 from engine.backends.devices import tensorrt_available
 from engine.backends.kinds import ORT_CPU, ORT_CUDA, TENSORRT, TORCH
 from engine.backends.onnxruntime_backend import cuda_provider_available
@@ -95,13 +96,18 @@ def test_auto_takes_the_fastest_backend_the_machine_has(monkeypatch, caplog):
     assert resolve_backend("torch") == TORCH
 
 
-def test_auto_on_the_cpu_says_what_it_took_and_keeps_the_renderer_in_torch(export_dir, caplog):
+def test_auto_on_the_cpu_says_what_it_took_and_renders_512_px_in_torch(export_dir, caplog):
     if resolve_backend("auto") != ORT_CPU:
         pytest.skip("this machine has a GPU backend: auto does not take ONNX Runtime's CPU")
     with caplog.at_level(logging.INFO):
         nets = load_networks(_models(), "auto", engine_dir=export_dir)
-    assert nets.backend == ORT_CPU and nets.renderer_backend == TORCH
-    assert "backend: onnxruntime-cpu (chosen by auto); renderer: torch" in caplog.text
+    assert nets.backend == ORT_CPU
+    assert nets.renderer_kind(256) == ORT_CPU and nets.renderer_kind(512) == TORCH
+    assert isinstance(nets.renderer(512), TorchRunner)
+    assert (
+        "backend: onnxruntime-cpu (chosen by auto); "
+        "renderer: onnxruntime-cpu at 256 px, torch at 512 px" in caplog.text
+    )
     assert "exporting" not in caplog.text  # the engine folder's files were fresh: reused
 
 
@@ -118,7 +124,7 @@ def test_onnxruntime_gives_the_same_frames_through_the_stream_path(
 ):
     models = _models()
     models.use_backend("onnxruntime", engine_dir=export_dir, sizes=(256,))
-    assert models.nets.renderer_backend == models.nets.backend  # the renderer in ORT too
+    assert models.nets.renderer_kind(512) == models.nets.backend  # asked for: ORT at any size
     motion, images = _frames(models, speech)
     ref_motion, ref_images = torch_frames
     assert motion.shape == ref_motion.shape

@@ -27,11 +27,12 @@ class Networks:
     audio_encoder: Runner
     refiner: Runner | None
     make_renderer: Callable[[int], Runner]
-    renderer_backend: str
+    renderer_backend: str  # the kind that runs the renderer, but for the sizes below
     sampler: Runner | None = None
     sampler_steps: int | None = None
     denoiser: Runner | None = None
     lip_audio_encoder: Runner | None = None  # the refiner's own encoder, when it has one
+    torch_render_sizes: Callable[[int], bool] = lambda size: False  # rendered in PyTorch
     _renderers: dict[int, Runner] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _warned: set[int] = field(default_factory=set, repr=False)
@@ -43,6 +44,10 @@ class Networks:
             if size not in self._renderers:
                 self._renderers[size] = self.make_renderer(size)
             return self._renderers[size]
+
+    def renderer_kind(self, size: int) -> str:
+        """The kind that renders frames of ``size`` px."""
+        return TORCH if self.torch_render_sizes(size) else self.renderer_backend
 
     def denoiser_for(self, steps: int) -> Runner | None:
         """The one-step network for a sampler of ``steps`` steps (None: the PyTorch module)."""

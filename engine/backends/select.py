@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The largest frames ONNX Runtime's CPU renderer was measured faster at than PyTorch's
+# (`dreamtalk export --timings`, docs/export.md); `auto` renders larger ones in PyTorch.
+ORT_CPU_RENDER_MAX_SIZE = 256
+
 
 def available_kinds() -> list[str]:
     """The backends this machine can run, fastest first."""
@@ -115,7 +119,8 @@ def load_networks(
                 raise
             log.warning("backend %s could not start (%s): trying %s", kind, err, candidates[i + 1])
     how = "chosen by auto" if backend == "auto" else "as asked"
-    log.info("backend: %s (%s); renderer: %s", nets.backend, how, nets.renderer_backend)
+    renders = ", ".join(f"{nets.renderer_kind(s)} at {s} px" for s in (256, 512))
+    log.info("backend: %s (%s); renderer: %s", nets.backend, how, renders)
     return nets
 
 
@@ -150,13 +155,15 @@ def _exported_networks(
     if form is None:  # the form the folder was exported in (`dreamtalk export --denoiser`)
         form = cache.manifest().get("denoiser", {}).get("form", DEFAULT_FORM)
     runners = {g.name: load(g) for g in motion_graphs(models, form)}
+
     # ONNX Runtime's CPU renderer beats PyTorch's at 256 px but not at 512 px: its GridSample
     # costs about 2.3x PyTorch's per pixel, and a frame needs one full-resolution sample of
-    # the portrait (docs/export.md). Until it wins at every size, auto keeps it in PyTorch.
-    renderer_in_torch = choice == "auto" and kind == ORT_CPU
+    # the portrait (docs/export.md). So auto renders larger frames in PyTorch there.
+    def torch_render_sizes(size: int) -> bool:
+        return choice == "auto" and kind == ORT_CPU and size > ORT_CPU_RENDER_MAX_SIZE
 
     def make_renderer(size: int) -> Runner:
-        if renderer_in_torch:
+        if torch_render_sizes(size):
             return torch_renderer(size)
         return load(renderer_graph(size))
 
@@ -167,7 +174,8 @@ def _exported_networks(
         lip_audio_encoder=runners.get(LIP_AUDIO),
         refiner=runners.get("lip_refiner"),
         make_renderer=make_renderer,
-        renderer_backend=TORCH if renderer_in_torch else kind,
+        renderer_backend=kind,
+        torch_render_sizes=torch_render_sizes,
         sampler=sampler,
         sampler_steps=models.steps if sampler is not None else None,
         denoiser=runners.get(STEP),

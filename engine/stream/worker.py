@@ -222,7 +222,7 @@ class StreamEngine:
         `CPU_BATCH_RENDER_MAX_SIZE`)."""
         if self._batch_renders is not None:
             return self._batch_renders
-        return renders_in_batches(self.models.nets.renderer_backend, size)
+        return renders_in_batches(self.models.nets.renderer_kind(size), size)
 
     def _remove(self, session: Session) -> None:
         with self._cond:
