@@ -82,6 +82,7 @@ def lip_sync(
     mouth: Sequence[int],
     jaw: int,
     max_lag: int = 5,
+    lips: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Lip-sync of generated utterances against their targets.
 
@@ -91,12 +92,14 @@ def lip_sync(
       which also counts mouthClose, lower-lip and upper-lip channels;
     - ``bilabial_closure_rate``: share of p/b/m (over all utterances) on which the lips close
       (`bilabial_closure_rate`), ``bilabials`` how many there were;
-    - ``mouth_l1``: mean absolute error over the ``mouth`` channels (jaw, mouth, tongue).
+    - ``mouth_l1``: mean absolute error over the ``mouth`` channels (jaw, mouth, tongue);
+    - ``lip_l1``: the same over the ``lips`` channels (given: those that part the lips, the
+      articulation; the mouth's expressive channels, a smile, are left to ``mouth_l1``).
 
     Correlations are per utterance, then averaged (an utterance's timing, not its level)."""
     if not (len(preds) == len(targets) == len(phones)) or not len(preds):
         raise ValueError("lip_sync needs one target and one phone list per prediction")
-    jaw_curves, open_curves, l1 = [], [], []
+    jaw_curves, open_curves, l1, lip_l1 = [], [], [], []
     closed = total = 0
     for pred, target, ph in zip(preds, targets, phones, strict=True):
         if pred.shape != target.shape:
@@ -104,6 +107,8 @@ def lip_sync(
         jaw_curves.append(lagged_correlation(pred[:, jaw], target[:, jaw], max_lag))
         open_curves.append(lagged_correlation(lip_opening(pred), lip_opening(target), max_lag))
         l1.append(np.abs(pred[:, mouth] - target[:, mouth]).mean())
+        if lips is not None:
+            lip_l1.append(np.abs(pred[:, lips] - target[:, lips]).mean())
         rate, count = bilabial_closure_rate(pred, ph)
         if count:
             closed += round(rate * count)
@@ -120,6 +125,7 @@ def lip_sync(
         "bilabial_closure_rate": closed / total if total else float("nan"),
         "bilabials": total,
         "mouth_l1": float(np.mean(l1)),
+        **({"lip_l1": float(np.mean(lip_l1))} if lips is not None else {}),
     }
 
 

@@ -45,6 +45,7 @@ from engine.data.corpus import SplitArrays
 from engine.diffusion import add_noise, alpha_sigma, ddim_step, v_from_x
 from engine.models import EmoDiff
 from engine.motion_model import DEFAULT_GUIDANCE, clamp_motion, guided_x, sample_emodiff
+from engine.stream.config import StreamConfig
 from engine.training.common import motion_metrics
 from engine.training.emodiff import EmoDiffTrainConfig, batch_style, make_sampler
 from engine.training.loop import LoopConfig, WindowTask
@@ -68,6 +69,11 @@ class DistillConfig:
     p_clip: float = 0.5
     p_known_none: float = 0.1
     p_known_init: float = 0.5
+    # The known-frame count drawn with p_known_init. None: the live path's, S - H (14 of 16),
+    # which every window but a stream's first asks for; the teacher was trained with its K = 8
+    # there, and a student distilled at K = 8 drifted through the live loop (FD 47 against the
+    # teacher's 30, docs/eval.md).
+    known_init: int | None = None
     val_batch_size: int = 64
     val_guidance: float = DEFAULT_GUIDANCE
 
@@ -131,7 +137,12 @@ class DistillTask(WindowTask):
         self.phase = -1  # index of the phase the current teacher belongs to
         self.teacher: EmoDiff = self.teacher0
         tcfg = EmoDiffTrainConfig(p_known_none=dcfg.p_known_none, p_known_init=dcfg.p_known_init)
-        self.sampler = make_sampler(train, teacher.cfg, tcfg, seed)
+        known = dcfg.known_init
+        if known is None:
+            known = teacher.cfg.seq_len - StreamConfig().hop_frames
+        if not 0 <= known < teacher.cfg.seq_len:
+            raise ValueError(f"known_init must be in [0, {teacher.cfg.seq_len}), got {known}")
+        self.sampler = make_sampler(train, teacher.cfg, tcfg, seed, known)
         val_sampler = make_sampler(val, teacher.cfg, tcfg, seed + 1)
         self.val = fixed_batches(val_sampler, 1, dcfg.val_batch_size, seed + 2)[0]
         self._reference: dict[str, Any] | None = None

@@ -52,9 +52,16 @@ class EmoDiffTrainConfig:
 
 
 def make_sampler(
-    arrays: SplitArrays, cfg: EmoDiffConfig, tcfg: EmoDiffTrainConfig, seed: int
+    arrays: SplitArrays,
+    cfg: EmoDiffConfig,
+    tcfg: EmoDiffTrainConfig,
+    seed: int,
+    known_init: int | None = None,
 ) -> WindowSampler:
-    policy = KnownPolicy(cfg.init_frames, tcfg.p_known_none, tcfg.p_known_init)
+    """Windows for EmoDiff; ``known_init`` is the known-frame count drawn with probability
+    ``p_known_init`` (None: the model's K)."""
+    init = cfg.init_frames if known_init is None else known_init
+    policy = KnownPolicy(init, tcfg.p_known_none, tcfg.p_known_init)
     return WindowSampler(
         arrays,
         cfg.seq_len,
