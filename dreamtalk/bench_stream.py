@@ -501,11 +501,12 @@ def stability(models, audio: np.ndarray, minutes: float, size: int = 256) -> dic
 
 # ---- the trade-off table --------------------------------------------------------------------
 TRADEOFF = (
-    ("H=2 O=14 C=4 (default)", dict()),
-    ("H=1 O=15 C=4", dict(hop_frames=1)),
-    ("H=4 O=12 C=4", dict(hop_frames=4)),
-    ("H=8 O=8 C=4", dict(hop_frames=8)),
-    ("H=2 O=14 C=0", dict(crossfade_frames=0)),
+    ("H=2 E=4 O=12 C=4 (default)", dict()),
+    ("H=2 E=2 O=14 C=4", dict(motion_hop_frames=2)),
+    ("H=1 E=2 O=14 C=4", dict(hop_frames=1)),
+    ("H=4 E=4 O=12 C=4", dict(hop_frames=4, motion_hop_frames=4)),
+    ("H=8 E=8 O=8 C=4", dict(hop_frames=8, motion_hop_frames=8)),
+    ("H=2 E=4 O=12 C=0", dict(crossfade_frames=0)),
     ("H=2 O=8 C=4 (re-estimated overlap)", dict(known_frames=8)),
     ("H=2 O=8 C=0", dict(known_frames=8, crossfade_frames=0)),
     ("H=2 O=4 C=4", dict(known_frames=4)),
@@ -526,7 +527,7 @@ def tradeoff(models, audio: np.ndarray, data: str | None, max_samples: int, live
             "latency_ms_p50": r["latency_ms_p50"],
             "latency_ms_p95": r["latency_ms_p95"],
             "compute_ms_per_s": r["compute_ms_p50"] * FPS / cfg.hop_frames,
-            "seam_jerk_ratio": seam_jerk_ratio(motion, cfg.hop_frames),
+            "seam_jerk_ratio": seam_jerk_ratio(motion, cfg.motion_hop),  # where windows join
             "dropped_frames": r["dropped_frames"],
         }
         if data:
@@ -618,7 +619,7 @@ def bench_stream(
     ]  # fmt: skip
 
     motion = render_motion(models, audio, seed=0)
-    result["seam_jerk_ratio"] = seam_jerk_ratio(motion, core_h)
+    result["seam_jerk_ratio"] = seam_jerk_ratio(motion, cfg.motion_hop)  # where windows join
     diff = stream_equals_offline(models, audio[: 6 * SAMPLE_RATE])
     result["stream_vs_offline_max_abs_diff"] = diff
     if data:

@@ -353,10 +353,50 @@ def test_threads_are_joined_on_close(models, speech):
 def test_config_is_checked(models):
     with pytest.raises(ValueError, match="hop_frames"):
         StreamConfig(hop_frames=0)
+    with pytest.raises(ValueError, match="motion_hop_frames must be a multiple of hop_frames"):
+        StreamConfig(hop_frames=2, motion_hop_frames=3)
+    with pytest.raises(ValueError, match="motion_hop_frames must be below"):
+        StreamEngine(models, StreamConfig(motion_hop_frames=16), clock=None).open_session(
+            None, render=False
+        )
     with pytest.raises(ValueError, match="look"):
         StreamEngine(models, StreamConfig(lookahead_frames=5), clock=None).open_session(
             None, render=False
         )
+
+
+@pytest.mark.parametrize("motion_hop", [2, 4, 6])
+def test_emodiff_generates_motion_hop_frames_per_call(models, speech, motion_hop, monkeypatch):
+    """Blocks stay H = 2 frames (the mouth's latency); EmoDiff runs on every E / H-th block
+    and generates E frames, the whole overlap S - E known. The output is chunk-invariant."""
+    from engine.stream.core import SessionCore
+
+    calls = []
+    sample = models.sample_window
+
+    def counted(feats, style, known, *args, **kw):
+        calls.append(0 if known is None else known.shape[1])
+        return sample(feats, style, known, *args, **kw)
+
+    monkeypatch.setattr(models, "sample_window", counted)
+    cfg = StreamConfig(motion_hop_frames=motion_hop)
+
+    def run(chunk: int) -> list:
+        with StreamEngine(models, cfg, clock=None) as engine:
+            session = engine.open_session(None, seed=7, render=False)
+            for i in range(0, len(speech), chunk):
+                session.push_audio(speech[i : i + chunk])
+            session.flush()
+            return collect(session)
+
+    frames = run(3200)
+    blocks = len(frames) // cfg.hop_frames
+    per = motion_hop // cfg.hop_frames
+    assert calls[0] == 0  # the pre-roll knows nothing
+    assert calls[1:] == [models.seq_len - motion_hop] * -(-blocks // per)
+    assert SessionCore(models, cfg, models.style_from_emotion("neutral", 1), 0).O == 16 - motion_hop
+    calls.clear()
+    np.testing.assert_allclose(motion(run(1000)), motion(frames), atol=1e-5)
 
 
 def test_streamed_lip_refinement_equals_refining_the_whole_utterance(models, speech, monkeypatch):

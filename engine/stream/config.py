@@ -3,11 +3,19 @@
 The window defaults were chosen by measurement (docs/streaming.md has the table and the
 command that made it); in short, for EmoDiff windows of S = 16 frames:
 
-- ``hop_frames`` H = 2 (80 ms): every EmoDiff call emits 2 frames. H = 1 saves 40 ms of
-  waiting for the block's first frame but doubles the model calls; H = 4 adds 80 ms. At H = 2
-  p95 latency stays under 200 ms at 256 px with room for several sessions per core.
-- ``known_frames`` O = S - H = 14: the window is conditioned on every emitted frame it overlaps
-  and generates only the H new ones. With EmoDiff's K = 8 instead (the re-estimated 6 frames
+- ``hop_frames`` H = 2 (80 ms): every block emits 2 frames, their mouth refined from the audio.
+  H = 1 saves 40 ms of waiting for the block's first frame but doubles the calls; H = 4 adds
+  80 ms. At H = 2 p95 latency stays under 200 ms at 256 px with room for several sessions per
+  core.
+- ``motion_hop_frames`` E = 2 H = 4: every other block calls EmoDiff, which generates 4 frames;
+  the next block takes the 2 it left. Through the live loop each call's sampling error adds to
+  the expression's drift, so half the calls drift half as far (Frechet distance 40 -> 30, the
+  full sampler's 30; intensity accuracy up; `dreamtalk eval`, docs/streaming.md), and EmoDiff
+  costs half the compute. The audio of the 2 frames past the block has not come: their
+  features read the last mel frame held. The mouth keeps H's latency: the lip refiner runs on
+  every block with the real audio.
+- ``known_frames`` O = S - E = 12: the window is conditioned on every emitted frame it overlaps
+  and generates only the E new ones. With EmoDiff's K = 8 instead (the re-estimated 6 frames
   after them already emitted, not shown again), each block continues a fresh estimate of the
   recent past rather than what was shown: the mouth steps at every seam (raw jerk 7.7x the
   targets') and the face's statistics drift (Frechet distance 310 against 58, emotion accuracy
@@ -36,8 +44,11 @@ from engine.timebase import FPS
 @dataclass(frozen=True)
 class StreamConfig:
     # ---- windows --------------------------------------------------------------------------
-    hop_frames: int = 2  # H: frames emitted per EmoDiff call
-    known_frames: int | None = None  # O: initial-state frames (None: the whole overlap)
+    hop_frames: int = 2  # H: frames per block (the mouth's latency: the refiner runs every block)
+    # E: frames each EmoDiff call generates, a multiple of H (None: 2 H); the blocks between
+    # two calls take frames already generated. See the module docstring.
+    motion_hop_frames: int | None = None
+    known_frames: int | None = None  # O: initial-state frames (None: the whole overlap, S - E)
     crossfade_frames: int = 4  # the seam offset's fade, frames (0: no offset)
     lookahead_frames: int | None = None  # audio look-ahead (None: the encoder's own)
     refine_context_frames: int | None = None  # None: the refiner's receptive field - 1
@@ -70,6 +81,11 @@ class StreamConfig:
     def __post_init__(self) -> None:
         if self.hop_frames < 1:
             raise ValueError(f"hop_frames must be at least 1, got {self.hop_frames}")
+        e = self.motion_hop
+        if e < self.hop_frames or e % self.hop_frames:
+            raise ValueError(
+                f"motion_hop_frames must be a multiple of hop_frames ({self.hop_frames}), got {e}"
+            )
         if self.known_frames is not None and self.known_frames < 0:
             raise ValueError(f"known_frames must be >= 0, got {self.known_frames}")
         if self.smooth_ms < 0:
@@ -86,6 +102,11 @@ class StreamConfig:
             raise ValueError(f"playout_delay_ms must be >= 0, got {self.playout_delay_ms}")
         if self.max_queued_frames < 1:
             raise ValueError("max_queued_frames must be at least 1")
+
+    @property
+    def motion_hop(self) -> int:
+        """E: frames per EmoDiff call."""
+        return 2 * self.hop_frames if self.motion_hop_frames is None else self.motion_hop_frames
 
     def playout_delay_s(self, lookahead: int) -> float:
         if self.playout_delay_ms is not None:

@@ -7,17 +7,20 @@ on how the audio was chunked or when it arrived; the threaded runner (`engine.st
 decides *when* a block runs, and the offline renderer (`engine.stream.offline`) runs the very
 same blocks over a whole file.
 
-One block, frames [b, b + H) (H = hop, L = audio look-ahead, O = known frames, S = seq_len)::
+One block, frames [b, b + H) (H = hop, E = EmoDiff's hop, a multiple of H, L = audio look-ahead,
+O = known frames, S = seq_len)::
 
     ready when the timeline holds samples up to 640 (b + H + L) + 120 (the mel window's reach)
     mel     rows of frames [.., b + H + L), computed once per frame and cached
     feats   encoder over mel [b - left, b + H + L_model): features of [b, b + H) (and the
             lip refiner's own encoder over the same mel, when it has one)
             (when L < the encoder's own look-ahead, the frames past b + H + L read silence)
-    window  EmoDiff over frames [b + H - S, b + H): the first O frames known (raw EmoDiff output
-            already produced: the initial state; by default all S - H of them), the rest
-            sampled; with O < S - H, the S - H - O before b re-estimate frames already emitted,
-            and the last H are new
+    window  only when EmoDiff has not generated [b, b + H) yet (every E / H-th block): EmoDiff
+            over frames [b + E - S, b + E): the first O frames known (raw EmoDiff output already
+            produced: the initial state; by default all S - E of them), the rest sampled; with
+            O < S - E, the S - E - O before b re-estimate frames already emitted, and the last E
+            are new. The E - H features past the block are provisional, encoded with the last
+            mel frame held where the audio has not come, and serve this window only
     blend   the new frames are offset onto the emitted ones (the window's own estimate of frame
             b - 1 moved onto the emitted frame b - 1, fading out over C frames): no seam
     refine  the causal lip refiner over [b - context, b + H) (EmoDiff's raw output, before the
@@ -154,10 +157,11 @@ class SessionCore:
         self.models, self.cfg, self.seed = models, cfg, seed
         self.S = models.seq_len
         self.H = cfg.hop_frames
-        if self.H >= self.S:
-            raise ValueError(f"hop_frames must be below the window's {self.S} frames")
+        self.E = cfg.motion_hop
+        if self.E >= self.S:
+            raise ValueError(f"motion_hop_frames must be below the window's {self.S} frames")
         # at most the overlap: a long hop leaves room for fewer known frames
-        overlap = self.S - self.H
+        overlap = self.S - self.E
         self.O = overlap if cfg.known_frames is None else min(cfg.known_frames, overlap)
         self.L_model = models.lookahead
         self.L = self.L_model if cfg.lookahead_frames is None else cfg.lookahead_frames
@@ -298,44 +302,57 @@ class SessionCore:
         first if the caller forced the block (no-op unless the audio is late or over)."""
         b, H = self.next_block, self.H
         self.force_silence()
-        lo, hi = b - self.left, b + H + self.L_model
+        # A block that calls EmoDiff encodes all E frames it generates. The audio of the E - H
+        # past the block has not come: their features are provisional (EmoDiff's window only)
+        # and read the last mel frame held; silence there would tell EmoDiff that the speech
+        # stops (measured: Frechet distance 36 against 30, docs/streaming.md).
+        generates = self.raw.end < b + H
+        own_end = b + H + self.L_model  # the mel the block's own H features read
+        hi = own_end + (self.E - H if generates else 0)
+        lo = b - self.left
         real_end = b + H + self.L  # frames past this read silence (reduced look-ahead)
         self._mel_upto(real_end)
         mel = self.mel.get(lo, hi)
-        if real_end < hi:
-            mel[real_end - lo :] = SILENCE_LOG_MEL
+        if real_end < own_end:
+            mel[real_end - lo : own_end - lo] = SILENCE_LOG_MEL
+        mel[own_end - lo :] = mel[own_end - lo - 1]
         self.vad.advance(self.timeline, b + H + self.L)
-        return Block(self, b, torch.from_numpy(mel.reshape(1, -1, MEL.n_mels)))
+        return Block(self, b, torch.from_numpy(mel.reshape(1, -1, MEL.n_mels)), generates)
 
     def _take_features(
         self, block: Block, feats: torch.Tensor, lip_feats: torch.Tensor | None
     ) -> None:
-        """Features of frames [b, b + H) into the cache; the EmoDiff window's inputs: window
-        [b + H - S, b + H), the first O frames known, noise from this session's generator."""
-        b, H, S = block.b, self.H, self.S
-        self.feats.append(b, feats[0].numpy())
+        """Features of frames [b, b + H) into the cache; when the block generates, the EmoDiff
+        window's inputs: window [b + E - S, b + E), the first O frames known, noise from this
+        session's generator."""
+        b, H, S, E = block.b, self.H, self.S, self.E
+        self.feats.append(b, feats[0, :H].numpy())
         if lip_feats is not None:
-            self.lip_feats.append(b, lip_feats[0].numpy())
-        w0 = b + H - S
+            self.lip_feats.append(b, lip_feats[0, :H].numpy())
+        if not block.generates:
+            return
+        w0 = b + E - S
+        ahead = feats[0, H:E].numpy()  # the provisional features, for this window only
         block.window = WindowInputs(
-            feats=torch.from_numpy(self.feats.get(w0, b + H))[None],
+            feats=torch.from_numpy(np.concatenate([self.feats.get(w0, b + H), ahead]))[None],
             known=torch.from_numpy(self.raw.get(w0, w0 + self.O))[None] if self.O else None,
             style=self.style_at(b + H - 1),
             noise=self.models.window_noise(self.generator),
         )
 
-    def _take_window(self, block: Block, window: torch.Tensor) -> None:
-        """EmoDiff's window (1, S, MOTION_DIM): its new frames, blended onto the emitted ones;
-        the lip refiner's inputs, frames [b - R, b + H)."""
-        b, H, S = block.b, self.H, self.S
-        out = window[0].numpy()
-        new = out[S - H :].copy()
-        if self.cfg.crossfade_frames:
-            # with fewer known frames than the overlap, the window re-estimated the last
-            # emitted frame too: its new frames continue *that* one
-            regen = out[S - H - 1] if self.O < S - H else None
-            new = self._crossfade(b, new, regen)
-        self.raw.append(b, new)
+    def _take_window(self, block: Block, window: torch.Tensor | None) -> None:
+        """EmoDiff's window (1, S, MOTION_DIM), when the block generated one: its E new frames,
+        blended onto the emitted ones; the lip refiner's inputs, frames [b - R, b + H)."""
+        b, H, S, E = block.b, self.H, self.S, self.E
+        if window is not None:
+            out = window[0].numpy()
+            new = out[S - E :].copy()
+            if self.cfg.crossfade_frames:
+                # with fewer known frames than the overlap, the window re-estimated the last
+                # emitted frame too: its new frames continue *that* one
+                regen = out[S - E - 1] if self.O < S - E else None
+                new = self._crossfade(b, new, regen)
+            self.raw.append(b, new)
         self.next_block = b + H
         lo = b - self.R
         block.refine = RefineInputs(
@@ -440,6 +457,7 @@ class Block:
     core: SessionCore
     b: int  # its first frame
     mel: torch.Tensor  # (1, mel rows, n_mels): the audio encoders' input
+    generates: bool = True  # it calls EmoDiff (else its frames were generated before)
     window: WindowInputs | None = None
     refine: RefineInputs | None = None
 
@@ -489,8 +507,11 @@ def run_blocks(
     def sample(key: tuple, feats: Tensor, known: Tensor | None, style: Tensor, noise: Tensor):
         return models.sample_window(feats, style, known, *key, noise=noise)
 
-    windows = call_batched(out, blocks, window, sample)
-    _each(out, blocks, lambda i, blk: blk.core._take_window(blk, windows[i]))
+    generating = {i: blk for i, blk in blocks.items() if blk.generates}
+    windows = call_batched(out, generating, window, sample)
+    for i in [i for i in blocks if i in out]:  # their EmoDiff call failed
+        del blocks[i]
+    _each(out, blocks, lambda i, blk: blk.core._take_window(blk, windows.get(i)))
 
     def spans(blk: Block) -> tuple[tuple, Row]:
         r = blk.refine
