@@ -336,7 +336,7 @@ class SessionCore:
         block.window = WindowInputs(
             feats=torch.from_numpy(np.concatenate([self.feats.get(w0, b + H), ahead]))[None],
             known=torch.from_numpy(self.raw.get(w0, w0 + self.O))[None] if self.O else None,
-            style=self.style_at(b + H - 1),
+            style=self.style_at(b + E - 1),
             noise=self.models.window_noise(self.generator),
         )
 
@@ -437,7 +437,7 @@ class WindowInputs:
 
     feats: torch.Tensor  # (1, S, feature dim)
     known: torch.Tensor | None  # (1, O, MOTION_DIM) raw motion already produced; None: O = 0
-    style: torch.Tensor  # (1, style dim), the ramp's value at the block's last frame
+    style: torch.Tensor  # (1, style dim), the ramp's value at the window's last new frame
     noise: torch.Tensor  # (1, S, MOTION_DIM) from the session's own generator
 
 
@@ -471,7 +471,7 @@ def run_blocks(
     1. per session: mel span, VAD                      (`SessionCore._begin`)
     2. the audio encoders over all the mel spans       (one call each: the spans are equal)
     3. per session: features cached, window inputs     (noise from the session's generator)
-    4. EmoDiff over all the windows                    (`MotionModels.sample_window`)
+    4. EmoDiff over the windows of the blocks that generate (`MotionModels.sample_window`)
     5. per session: seam blend, refiner inputs
     6. the lip refiner over all the spans              (equal spans)
     7. per session: gate, idle, smoothing              (`SessionCore._finish`)
