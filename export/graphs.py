@@ -27,14 +27,17 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from engine.backends.base import Runner
 from engine.backends.kinds import DEFAULT_FORM, DENOISER_FORMS
+from engine.backends.networks import Networks
 from engine.blendshapes import MOTION_DIM
 from engine.models import EmoDiff, LipRefiner
 from engine.motion_model import MotionModels, clamp_motion, sample_emodiff
@@ -325,6 +328,30 @@ def renderer_graph(size: int, avatar=None) -> Graph:
         meta={"size": size},
         constants=tensors,
         **_tolerances("renderer"),
+    )
+
+
+def networks_of(
+    runners: Mapping[str, Runner],
+    backend: str,
+    models: MotionModels,
+    make_renderer: Callable[[int], Runner],
+    **renderer: Any,
+) -> Networks:
+    """The `Networks` of the runners of `motion_graphs` (keyed by graph name): EmoDiff as the
+    unrolled sampler, the one-step network, or both; ``renderer``: `Networks`' renderer fields
+    (``renderer_backend``, ``torch_render_sizes``)."""
+    sampler = runners.get(SAMPLER)
+    return Networks(
+        backend=backend,
+        audio_encoder=runners[AUDIO],
+        lip_audio_encoder=runners.get(LIP_AUDIO),
+        refiner=runners.get("lip_refiner"),
+        make_renderer=make_renderer,
+        sampler=sampler,
+        sampler_steps=models.steps if sampler is not None else None,
+        denoiser=runners.get(STEP),
+        **{"renderer_backend": backend, **renderer},
     )
 
 

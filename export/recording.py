@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.backends import DEFAULT_FORM, Networks, TorchRunner
+from engine.backends import DEFAULT_FORM, TorchRunner
 from engine.backends.kinds import TORCH
 from engine.backends.networks import torch_renderer
 from engine.motion_model import MotionModels
-from export.graphs import LIP_AUDIO, SAMPLER, STEP, Graph, motion_graphs, renderer_graph
+from export.graphs import Graph, motion_graphs, networks_of, renderer_graph
 from export.manifest import write_atomic
 
 log = logging.getLogger(__name__)
@@ -98,18 +98,7 @@ def _record_run(
 
     graphs = motion_graphs(models, form)
     recorders: dict[str, RecordingRunner] = {g.name: RecordingRunner(g) for g in graphs}
-    sampler = recorders.get(SAMPLER)
-    nets = Networks(
-        backend=TORCH,
-        audio_encoder=recorders["audio_encoder"],
-        lip_audio_encoder=recorders.get(LIP_AUDIO),
-        refiner=recorders.get("lip_refiner"),
-        make_renderer=torch_renderer,
-        renderer_backend=TORCH,
-        sampler=sampler,
-        sampler_steps=models.steps if sampler is not None else None,
-        denoiser=recorders.get(STEP),
-    )
+    nets = networks_of(recorders, TORCH, models, torch_renderer)
     previous, models.networks = models.networks, nets
     try:
         motion = render_motion(models, audio, seed=0)

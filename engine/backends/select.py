@@ -19,6 +19,7 @@ from engine.backends.kinds import (
 )
 from engine.backends.networks import Networks, torch_networks, torch_renderer
 from engine.backends.onnxruntime_backend import OrtBackend, cuda_provider_available, ort_available
+from engine.portrait import SUPPORTED_SIZES
 
 if TYPE_CHECKING:
     from engine.motion_model import MotionModels
@@ -119,7 +120,7 @@ def load_networks(
                 raise
             log.warning("backend %s could not start (%s): trying %s", kind, err, candidates[i + 1])
     how = "chosen by auto" if backend == "auto" else "as asked"
-    renders = ", ".join(f"{nets.renderer_kind(s)} at {s} px" for s in (256, 512))
+    renders = ", ".join(f"{nets.renderer_kind(s)} at {s} px" for s in SUPPORTED_SIZES)
     log.info("backend: %s (%s); renderer: %s", nets.backend, how, renders)
     return nets
 
@@ -139,7 +140,7 @@ def _exported_networks(
     form: str | None,
 ) -> Networks:
     from export.engine_cache import EngineCache, default_folder
-    from export.graphs import LIP_AUDIO, SAMPLER, STEP, motion_graphs, renderer_graph
+    from export.graphs import motion_graphs, networks_of, renderer_graph
     from export.tensorrt_build import BuildOptions
 
     cache = EngineCache(engine_dir if engine_dir is not None else default_folder(models))
@@ -167,16 +168,4 @@ def _exported_networks(
             return torch_renderer(size)
         return load(renderer_graph(size))
 
-    sampler = runners.get(SAMPLER)
-    return Networks(
-        backend=kind,
-        audio_encoder=runners["audio_encoder"],
-        lip_audio_encoder=runners.get(LIP_AUDIO),
-        refiner=runners.get("lip_refiner"),
-        make_renderer=make_renderer,
-        renderer_backend=kind,
-        torch_render_sizes=torch_render_sizes,
-        sampler=sampler,
-        sampler_steps=models.steps if sampler is not None else None,
-        denoiser=runners.get(STEP),
-    )
+    return networks_of(runners, kind, models, make_renderer, torch_render_sizes=torch_render_sizes)
