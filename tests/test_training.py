@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dreamtalk.cli import main
-from engine.blendshapes import MOTION_INDEX
+from engine.blendshapes import MOTION_DIM, MOTION_INDEX
 from engine.checkpoint import load_checkpoint
 from engine.data.corpus import Corpus
 from engine.emotions import EMOTIONS
@@ -29,7 +29,7 @@ from engine.models import (
 from engine.motion_model import MotionModels
 from engine.training.common import EXPRESSION, JAW, load_splits, pearson
 from engine.training.emodiff import EmoDiffTask, EmoDiffTrainConfig
-from engine.training.lips import LipsTask, LipsTrainConfig
+from engine.training.lips import LipsTask, LipsTrainConfig, gap_corr_loss
 from engine.training.loop import LoopConfig, train
 from engine.training.toy_corpus import write_toy_corpus
 from engine.training.windows import WindowSampler
@@ -326,3 +326,20 @@ def test_cli_errors_are_one_line(toy, tmp_path, caplog):
     assert main(["train", "lstm", "--data", str(tmp_path), "--out", "x.pt"]) == 2
     assert main(["train", "lstm", "--data", str(toy), "--out", "x.pt", "--set", "bogus=1"]) == 2
     assert "no option 'bogus'" in caplog.text
+
+
+def test_gap_corr_loss_follows_the_gap_between_the_lips():
+    """0 when the refined lips part and close as the target's do (whatever the scale), about 2
+    when they do the opposite, and windows whose lips do not move do not count."""
+    t = torch.linspace(0, 6.28, 32)
+    target = torch.zeros(3, 32, MOTION_DIM)
+    target[:2, :, JAW] = 0.3 + 0.2 * torch.sin(t)  # two talking windows, one still
+    same = target.clone()
+    same[..., JAW] = 0.3 + 0.1 * torch.sin(t)
+    opposite = target.clone()
+    opposite[:2, :, JAW] = 0.3 - 0.2 * torch.sin(t)
+    assert gap_corr_loss(same, target).item() < 1e-3
+    assert gap_corr_loss(opposite, target).item() > 1.9
+    still = target.clone()
+    still[2, :, JAW] = 0.3 + 0.2 * torch.sin(t)  # the still window's prediction moves: no cost
+    assert gap_corr_loss(still, target).item() < 1e-3

@@ -25,6 +25,7 @@ Sync-sensitive objective on the predicted mouth channels (normalised):
       + velocity_weight * mean |dm_hat - dm|   articulation speed
       + corr_weight * mean (1 - corr_t(m_hat, m)) over the articulation channels
       + seal_weight * mean over lips-closed frames of relu(gap_hat - gap_tol) / LIPS_CLOSED_IOD
+      + gap_corr_weight * mean (1 - corr_t(gap_hat, gap)) over windows whose lips move
 
 Closed-lip frames (jawOpen below ``closed_jaw`` in raw units) are where bilabials live: an L1
 fit would happily leave the lips slightly parted there. The seal term says it in the units the
@@ -78,6 +79,10 @@ class LipsTrainConfig:
     closed_jaw: float = 0.08
     seal_weight: float = 0.1  # sweep in docs/models.md: 0.3 closes more, costs lip-sync
     seal_tolerance: float = 0.5  # of LIPS_CLOSED_IOD
+    # the correlation of the gap between the lips (`lip_opening`, what the eye and the mouth
+    # correlation judge) with the target's, over a window; off by default: at 0.5 it raises the
+    # correlations and costs closures (docs/models.md, *What limits the refiner's lip-sync*)
+    gap_corr_weight: float = 0.0
     val_batches: int = 2
     val_batch_size: int = 64
     mel_augment: MelAugmentConfig = field(default_factory=MelAugmentConfig)  # own encoder only
@@ -134,6 +139,14 @@ def seal_loss(refined: torch.Tensor, target: torch.Tensor, tolerance: float) -> 
     sealed = lip_opening(target) < LIPS_CLOSED_IOD
     excess = F.relu(lip_opening(refined) - tolerance * LIPS_CLOSED_IOD) / LIPS_CLOSED_IOD
     return (excess * sealed).sum() / sealed.sum().clamp(min=1)
+
+
+def gap_corr_loss(refined: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Raw motion (B, T, 58): mean over windows of 1 - the correlation in time of the refined
+    lips' gap with the target's; windows whose target gap hardly moves do not count."""
+    gap, gap_hat = lip_opening(target), lip_opening(refined)
+    moving = gap.std(dim=1) > 0.25 * LIPS_CLOSED_IOD
+    return ((1 - pearson(gap_hat, gap, dim=1)) * moving).sum() / moving.sum().clamp(min=1)
 
 
 def refiner_losses(
@@ -208,9 +221,9 @@ class LipsTask(WindowTask):
         pred = model.predict_mouth(feats, degraded, style)
         closed = target[..., JAW] < self.tcfg.closed_jaw
         parts = refiner_losses(pred, x[..., MOUTH], closed, self.tcfg)
-        parts["seal"] = seal_loss(
-            model.with_mouth(degraded, pred), target, self.tcfg.seal_tolerance
-        )
+        refined = model.with_mouth(degraded, pred)
+        parts["seal"] = seal_loss(refined, target, self.tcfg.seal_tolerance)
+        parts["gap_corr"] = gap_corr_loss(refined, target)
         return parts, feats, degraded, style
 
     def loss(self, model: LipRefiner, step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -218,7 +231,7 @@ class LipsTask(WindowTask):
         parts, *_ = self._losses(model, batch, self.tcfg.p_clip, self.tcfg.p_offset, True)
         t = self.tcfg
         loss = parts["l1"] + t.velocity_weight * parts["vel"] + t.corr_weight * parts["corr"]
-        loss = loss + t.seal_weight * parts["seal"]
+        loss = loss + t.seal_weight * parts["seal"] + t.gap_corr_weight * parts["gap_corr"]
         return loss, {k: v.item() for k, v in parts.items()}
 
     @torch.no_grad()
