@@ -53,6 +53,7 @@ OPT_FRAMES = 2
 
 AUDIO = "audio_encoder"
 LIP_AUDIO = "lip_audio_encoder"
+REFINER = "lip_refiner"
 SAMPLER = "emodiff_sampler"
 STEP = "emodiff_step"
 MAX_UNROLLED_STEPS = 8  # more steps than a distilled student takes: export one step instead
@@ -65,7 +66,7 @@ TOLERANCES = {
     LIP_AUDIO: (1e-4, 5e-2),
     SAMPLER: (1e-3, 1e-1),
     STEP: (1e-3, 5e-2),
-    "lip_refiner": (1e-4, 2e-2),
+    REFINER: (1e-4, 2e-2),
     "renderer": (2e-3, 2e-2),
 }
 
@@ -289,7 +290,7 @@ def refiner_graph(models: MotionModels) -> Graph:
     cfg, context = refiner.cfg, models.refiner_context
     frames = ("batch", "frames")
     return Graph(
-        name="lip_refiner",
+        name=REFINER,
         module=RefinerCall(refiner),
         inputs=(
             TensorSpec("feats", "float32", (*frames, cfg.audio_dim)),
@@ -300,7 +301,7 @@ def refiner_graph(models: MotionModels) -> Graph:
         ranges={"frames": (1, context + OPT_FRAMES, context + MAX_FRAMES)},
         source=models.sources.get("refiner"),
         code=_files(lip_refiner, motion_norm, MotionModels),
-        **_tolerances("lip_refiner"),
+        **_tolerances(REFINER),
     )
 
 
@@ -346,7 +347,7 @@ def networks_of(
         backend=backend,
         audio_encoder=runners[AUDIO],
         lip_audio_encoder=runners.get(LIP_AUDIO),
-        refiner=runners.get("lip_refiner"),
+        refiner=runners.get(REFINER),
         make_renderer=make_renderer,
         sampler=sampler,
         sampler_steps=models.steps if sampler is not None else None,

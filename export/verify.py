@@ -22,6 +22,7 @@ from engine.motion_model import MotionModels
 from export.graphs import (
     AUDIO,
     LIP_AUDIO,
+    REFINER,
     SAMPLER,
     STEP,
     Graph,
@@ -61,7 +62,7 @@ def graph_for(name: str, entry: dict, models: MotionModels) -> Graph:
         return sampler_graph(models, steps=entry.get("steps"))
     if name == STEP:
         return step_graph(models)
-    if name == "lip_refiner":
+    if name == REFINER:
         return refiner_graph(models)
     if name.startswith("renderer_"):
         return renderer_graph(int(entry.get("size", name.removeprefix("renderer_"))))

@@ -133,18 +133,18 @@ def degrade_mouth(x: torch.Tensor, tcfg: LipsTrainConfig) -> torch.Tensor:
     return x
 
 
-def seal_loss(refined: torch.Tensor, target: torch.Tensor, tolerance: float) -> torch.Tensor:
-    """Raw motion (B, T, 58): how far the refined lips stay parted where the target's touch,
-    in `LIPS_CLOSED_IOD` units, beyond ``tolerance`` of it; 0 without such frames."""
-    sealed = lip_opening(target) < LIPS_CLOSED_IOD
-    excess = F.relu(lip_opening(refined) - tolerance * LIPS_CLOSED_IOD) / LIPS_CLOSED_IOD
+def seal_loss(gap_hat: torch.Tensor, gap: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Lip gaps (B, T) (`lip_opening`: refined, target): how far the refined lips stay parted
+    where the target's touch, in `LIPS_CLOSED_IOD` units, beyond ``tolerance`` of it; 0 without
+    such frames."""
+    sealed = gap < LIPS_CLOSED_IOD
+    excess = F.relu(gap_hat - tolerance * LIPS_CLOSED_IOD) / LIPS_CLOSED_IOD
     return (excess * sealed).sum() / sealed.sum().clamp(min=1)
 
 
-def gap_corr_loss(refined: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Raw motion (B, T, 58): mean over windows of 1 - the correlation in time of the refined
-    lips' gap with the target's; windows whose target gap hardly moves do not count."""
-    gap, gap_hat = lip_opening(target), lip_opening(refined)
+def gap_corr_loss(gap_hat: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+    """Lip gaps (B, T) (`lip_opening`: refined, target): mean over windows of 1 - their
+    correlation in time; windows whose target gap hardly moves do not count."""
     moving = gap.std(dim=1) > 0.25 * LIPS_CLOSED_IOD
     return ((1 - pearson(gap_hat, gap, dim=1)) * moving).sum() / moving.sum().clamp(min=1)
 
@@ -221,9 +221,9 @@ class LipsTask(WindowTask):
         pred = model.predict_mouth(feats, degraded, style)
         closed = target[..., JAW] < self.tcfg.closed_jaw
         parts = refiner_losses(pred, x[..., MOUTH], closed, self.tcfg)
-        refined = model.with_mouth(degraded, pred)
-        parts["seal"] = seal_loss(refined, target, self.tcfg.seal_tolerance)
-        parts["gap_corr"] = gap_corr_loss(refined, target)
+        gap_hat, gap = lip_opening(model.with_mouth(degraded, pred)), lip_opening(target)
+        parts["seal"] = seal_loss(gap_hat, gap, self.tcfg.seal_tolerance)
+        parts["gap_corr"] = gap_corr_loss(gap_hat, gap)
         return parts, feats, degraded, style
 
     def loss(self, model: LipRefiner, step: int) -> tuple[torch.Tensor, dict[str, float]]:
