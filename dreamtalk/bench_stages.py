@@ -1,9 +1,9 @@
 """`dreamtalk bench stages` (what plain `dreamtalk bench` runs): median ms of each stage of the
 live path, per backend, frame size and number of sessions.
 
-The stages of one block (H = 2 frames) of N sessions, each timed on the inputs of a real block
-(the live path run over speech until it is in its steady state, its network inputs kept by
-`engine.stream.core.run_blocks`), N rows batched as the engine batches them:
+The stages of one block (H frames, 1 by default) of N sessions, each timed on the inputs of a
+real block (the live path run over speech until it is in its steady state, its network inputs
+kept by `engine.stream.core.run_blocks`), N rows batched as the engine batches them:
 
 - ``features``: log-mel of the block's new audio (per session) and the audio encoders over the
   mel spans (one call for the N sessions; ``audio_encoder`` is that call alone);
@@ -149,6 +149,7 @@ def stage_calls(
     core = cores[0]
     cat = torch.cat
     mels = cat([b.mel for b in blocks])
+    lip_mels = cat([b.lip_mel for b in blocks])
     # the audio the block's mel rows are computed from (`SessionCore._mel_upto`): H frames
     # and the one before, through the mel window's look-ahead
     b, H, L = blocks[0].b, core.H, core.L
@@ -166,7 +167,7 @@ def stage_calls(
     def encoders():
         out = models.encode_audio(mels)
         if not models.lip_features_shared:
-            models.encode_lip_audio(mels)
+            models.encode_lip_audio(lip_mels)
         return out
 
     def features():
@@ -301,8 +302,8 @@ def print_table(r: dict) -> None:
         f"load average {load['start']} -> {load['end']}"
     )
     print(
-        "median CPU ms: features, EmoDiff, refiner per block (H = 2 frames) of every session; "
-        "render per frame of every session (render1x: in one call); encode per frame"
+        "median CPU ms: features, refiner per block (H frames) of every session; EmoDiff per "
+        "window; render per frame of every session (render1x: in one call); encode per frame"
     )
     columns = (  # (key, heading, width)
         ("features", "features", 9),

@@ -27,6 +27,7 @@ import math
 import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +50,14 @@ SENTENCES = (
 
 
 # ---- models and audio -----------------------------------------------------------------------
-def random_models(seed: int = 0, tiny: bool = False) -> MotionModels:
+def random_models(
+    seed: int = 0, tiny: bool = False, lip_lookahead: int | None = None
+) -> MotionModels:
     """Randomly initialised EmoDiff (student-shaped: guidance built in) and lip refiner of the
     default config, perturbed so they move (adaLN-Zero starts at zero output), with plausible
-    motion statistics. For timing and for the streaming mechanics only: they do not lip-sync."""
+    motion statistics. For timing and for the streaming mechanics only: they do not lip-sync.
+    ``lip_lookahead``: the refiner gets an audio encoder of its own (EmoDiff's shape) that
+    looks that many frames ahead; None: it reads EmoDiff's features."""
     from engine.models import (
         AudioEncoderConfig,
         EmoDiff,
@@ -67,6 +72,8 @@ def random_models(seed: int = 0, tiny: bool = False) -> MotionModels:
         rcfg = LipRefinerConfig(audio_dim=64, style_dim=64, dim=64, num_blocks=2)
     else:
         ecfg, rcfg = EmoDiffConfig(guidance_embed=True), LipRefinerConfig()
+    if lip_lookahead is not None:
+        rcfg = replace(rcfg, audio=replace(ecfg.audio, lookahead=lip_lookahead))
     torch.manual_seed(seed)
     emodiff, refiner = EmoDiff(ecfg), LipRefiner(rcfg)
     mean = torch.full((MOTION_DIM,), 0.12)
@@ -574,7 +581,7 @@ def bench_stream(
     main = live_run(models, audio)  # one session, 256 px, one worker: the latency figures
     cfg = StreamConfig()
     core_h = cfg.hop_frames
-    lookahead = models.lookahead if cfg.lookahead_frames is None else cfg.lookahead_frames
+    lookahead = models.audio_lookahead if cfg.lookahead_frames is None else cfg.lookahead_frames
     result: dict = {
         "models": label,
         "audio": audio_label,

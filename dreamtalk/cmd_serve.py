@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_backend_options(p)
     p.add_argument("--fp16", action="store_true", help="TensorRT engines in FP16 (fast-FP16 GPUs)")
     latency = p.add_argument_group("latency (docs/streaming.md has the trade-off)")
-    latency.add_argument("--hop-frames", type=int, help="frames per EmoDiff window step")
+    latency.add_argument("--hop-frames", type=int, help="frames per block (default 1)")
     latency.add_argument("--lookahead-frames", type=int, help="audio look-ahead, frames")
     latency.add_argument("--jitter-ms", type=float, help="how late audio may arrive")
     latency.add_argument("--compute-margin-ms", type=float, help="playout delay kept for compute")

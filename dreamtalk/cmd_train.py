@@ -165,18 +165,19 @@ def run_train(args: argparse.Namespace) -> int:
         )
     elif args.model == "lips":
         from engine.models import LipRefiner, LipRefinerConfig
-        from engine.models.lip_refiner import LIP_GAP_NAMES
+        from engine.models.lip_refiner import LIP_GAP_NAMES, LIP_LOOKAHEAD_FRAMES
         from engine.training.lips import LipsTask, LipsTrainConfig
 
         if not args.emodiff:
             raise ValueError("train lips needs --emodiff CKPT (its audio features and styles)")
         emodiff, _ = load_model(args.emodiff, "emodiff")
-        # its own audio encoder, of EmoDiff's shape (it starts as a copy of EmoDiff's), and the
-        # articulation from the audio alone (docs/models.md, "Lip refiner")
+        # its own audio encoder, of EmoDiff's shape (it starts as a copy of EmoDiff's) but
+        # looking a frame further ahead, and the articulation from the audio alone
+        # (docs/models.md, "Lip refiner")
         defaults = LipRefinerConfig(
             audio_dim=emodiff.cfg.audio.dim,
             style_dim=emodiff.cfg.dim,
-            audio=emodiff.cfg.audio,
+            audio=dataclasses.replace(emodiff.cfg.audio, lookahead=LIP_LOOKAHEAD_FRAMES),
             from_audio=LIP_GAP_NAMES,
             reads_shape=False,
         )

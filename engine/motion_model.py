@@ -15,23 +15,26 @@ Timing constants (video frames of 40 ms):
 
 - ``refiner_context`` = 32: the lip refiner is causal; refining H new frames of EmoDiff's
   (unrefined) motion together with the 32 frames before them gives exactly the offline result.
+- ``lip_lookahead`` = 3: the refiner's own audio encoder (the default recipe's) looks a frame
+  further ahead than EmoDiff's; ``audio_lookahead`` (the larger) is what a live block waits for.
 
-The live loop this is built for (hop H = 2 frames, 80 ms)::
+The live loop this is built for (hop H = 1 frame, EmoDiff every E = 4; `engine.stream.core`)::
 
     every H new frames of audio (plus the look-ahead):
-        feats += encode_audio(mel of the last left_context + H + lookahead frames)  # H new
-        known  = the last 14 emitted frames (fewer at a session's start, down to none)
-        window = sample_window(feats[-16:], style, known, steps=4)   # (1, 16, 58)
-        raw   += window[:, -H:]                                      # EmoDiff's new frames
-        out    = refine_lips(feats[-32 - H:], raw[-32 - H:], style)[:, -H:]
-        emit out (and append it to the emitted frames)
+        feats     += encode_audio(mel of the block's frames, EmoDiff's look-ahead)
+        lip_feats += encode_lip_audio(mel of the block's frames, the refiner's look-ahead)
+        every E frames:
+            known  = the last 12 frames EmoDiff made (the whole overlap)
+            window = sample_window(feats[-16:], style, known, steps=4)   # (1, 16, 58)
+            raw   += window[:, -E:]                                      # EmoDiff's new frames
+        out = refine_lips(lip_feats[-32 - H:], raw[-32 - H:], style)[:, -H:]
+        emit out
 
-The window overlaps the previous one by 14 frames, which are given as initial state rather than
+The window overlaps the previous one by 12 frames, which are given as initial state rather than
 regenerated, so the new frames continue the emitted ones without a seam (what a crossfade over
 the overlap would otherwise have to hide). The model was trained for every known count from 0
-to 15. Waiting: (H + lookahead) x 40 ms = 160 ms, plus the mel window's 7.5 ms, plus compute
-(one encoder call, 4 student calls, one refiner call: ~4 ms in PyTorch, ~1.5 ms in ONNX Runtime
-on one core). Offline generation (`generate`) uses the same calls with K = 8 known frames and
+to 15. Waiting: (H + audio_lookahead) x 40 ms = 160 ms, plus the mel window's 7.5 ms, plus
+compute. Offline generation (`generate`) uses the same calls with K = 8 known frames and
 W = 8 new ones per window, then refines the whole utterance at once.
 """
 
@@ -254,6 +257,25 @@ class MotionModels:
     @property
     def left_context(self) -> int:
         return self.emodiff.cfg.audio.left_context
+
+    @property
+    def lip_lookahead(self) -> int:
+        """Frames of future audio the lip refiner's features read: its own encoder's, which may
+        look further ahead than EmoDiff's (the mouth needs the audio to come, EmoDiff less)."""
+        if self.lip_features_shared:
+            return self.lookahead
+        return self.refiner.cfg.audio.lookahead
+
+    @property
+    def lip_left_context(self) -> int:
+        if self.lip_features_shared:
+            return self.left_context
+        return self.refiner.cfg.audio.left_context
+
+    @property
+    def audio_lookahead(self) -> int:
+        """Frames of future audio a block of the live loop waits for: the larger look-ahead."""
+        return max(self.lookahead, self.lip_lookahead)
 
     @property
     def init_frames(self) -> int:

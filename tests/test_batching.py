@@ -122,12 +122,13 @@ def test_batched_sessions_give_the_frames_they_give_alone(speech):
     calls = count_calls(models)
     n = len(SESSIONS)
     _, frames = run_together(models, speech, max_batch=n, batch_renders=True)
-    blocks = -(-len(speech) // SAMPLES_PER_FRAME) // 2  # every session: the same count
+    steps, cfg = models.steps, StreamConfig()
+    frames_out = -(-len(speech) // SAMPLES_PER_FRAME)
+    blocks = frames_out // cfg.hop_frames  # every session: the same count
 
     # the batch formed: after each session's pre-roll (batch 1, when it opened), every
-    # network ran once per block for all four sessions (EmoDiff every other block: each call
-    # generates E = 2 H frames)
-    steps, cfg = models.steps, StreamConfig()
+    # network ran once per block for all four sessions (EmoDiff on every E / H-th block: each
+    # call generates E frames)
     windows = -(-blocks // (cfg.motion_hop // cfg.hop_frames))
     assert calls["emodiff"] == [1] * steps * n + [n] * steps * windows
     assert calls["encoder"] == [1] * n + [n] * blocks
@@ -135,8 +136,8 @@ def test_batched_sessions_give_the_frames_they_give_alone(speech):
     # asked to batch renders (at any size): frames of the two 256 px sessions on the default
     # portrait render in one call per frame slot; the 512 px session alone; the motion-only
     # one not at all
-    assert calls["render_256"] == [2] * 2 * blocks
-    assert calls["render_512"] == [1] * 2 * blocks
+    assert calls["render_256"] == [2] * cfg.hop_frames * blocks
+    assert calls["render_512"] == [1] * cfg.hop_frames * blocks
 
     for k, (emotion, seed, render, size, audio_of) in enumerate(SESSIONS):
         ref = render_motion(models, audio_of(speech), emotion=emotion, seed=seed)

@@ -351,6 +351,8 @@ def test_threads_are_joined_on_close(models, speech):
 
 
 def test_config_is_checked(models):
+    # EmoDiff's hop defaults to the smallest multiple of the block of at least 4 frames
+    assert [StreamConfig(hop_frames=h).motion_hop for h in (1, 2, 3, 4, 8)] == [4, 4, 6, 4, 8]
     with pytest.raises(ValueError, match="hop_frames"):
         StreamConfig(hop_frames=0)
     with pytest.raises(ValueError, match="motion_hop_frames must be a multiple of hop_frames"):
@@ -399,11 +401,21 @@ def test_emodiff_generates_motion_hop_frames_per_call(models, speech, motion_hop
     np.testing.assert_allclose(motion(run(1000)), motion(frames), atol=1e-5)
 
 
-def test_streamed_lip_refinement_equals_refining_the_whole_utterance(models, speech, monkeypatch):
+@pytest.mark.parametrize("lip_lookahead", [None, 3])
+def test_streamed_lip_refinement_equals_refining_the_whole_utterance(
+    models, speech, monkeypatch, lip_lookahead
+):
     """The causal refiner gets its whole receptive field: what a session emits (gate, idle and
-    smoothing off) is the refiner run once over all of EmoDiff's output, pre-roll included."""
+    smoothing off) is the refiner run once over all of EmoDiff's output, pre-roll included.
+    With an encoder of its own that looks further ahead than EmoDiff's (3 frames against 2),
+    the blocks wait for that audio and its features are those of the whole utterance."""
     from engine.stream.core import SessionCore
     from engine.stream.idle import GateConfig, IdleConfig
+
+    if lip_lookahead is not None:
+        models = random_models(seed=0, tiny=True, lip_lookahead=lip_lookahead)
+        assert models.lip_lookahead == 3 and models.lookahead == 2
+        assert models.audio_lookahead == 3 and models.lip_left_context == 13
 
     monkeypatch.setattr(SessionCore, "_trim", lambda self: None)  # keep every frame to compare
     off = dict(idle=IdleConfig(enabled=False), gate=GateConfig(enabled=False), smooth_ms=0.0)
@@ -421,6 +433,22 @@ def test_streamed_lip_refinement_equals_refining_the_whole_utterance(models, spe
     feats = torch.from_numpy(core.lip_feats.get(start, n))[None]  # the refiner's features
     whole = models.refine_lips(feats, raw, style)[0, -n:].numpy()
     np.testing.assert_allclose(motion(frames), whole, atol=1e-5)
+    # the features themselves: the lip encoder's over the whole utterance, silence after it
+    from engine.features import log_mel
+
+    offline = models.encode_lip_utterance(log_mel(speech, len(speech) // SAMPLES_PER_FRAME))[0]
+    m = min(n, len(offline)) - 4  # the last frames: where the utterance's padding begins
+    np.testing.assert_allclose(feats[0, -n:][:m].numpy(), offline[:m].numpy(), atol=1e-4)
+    # a block waits for the audio of its last frame and of the larger look-ahead
+    assert core.need_samples(10) >= SAMPLES_PER_FRAME * (10 + core.H + models.audio_lookahead)
+    if lip_lookahead is not None:  # asked to wait less: the refiner's last frame reads silence
+        short = SessionCore(models, StreamConfig(lookahead_frames=2, **off), style, seed=0)
+        assert short.need_samples(10) < core.need_samples(10)
+        short.push(speech)
+        short.finish_input()
+        out = [f for _ in range(8) for f in short.step()]
+        assert len(out) == 8 and np.isfinite(motion(out)).all()
+        assert np.abs(motion(out) - motion(frames[:8])).max() > 0  # it did read less
 
 
 def test_style_clip_and_bad_clip(models, speech):

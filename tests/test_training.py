@@ -8,6 +8,7 @@ at most: this checks that the machinery learns, not how well the default models 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from engine.models import (
     LipRefinerConfig,
     pad_mel,
 )
+from engine.models.lip_refiner import LIP_LOOKAHEAD_FRAMES
 from engine.motion_model import MotionModels
 from engine.training.common import EXPRESSION, JAW, load_splits, pearson
 from engine.training.emodiff import EmoDiffTask, EmoDiffTrainConfig
@@ -133,14 +135,16 @@ def test_guidance_changes_expression_not_lip_sync(trained):
 def test_refiner_keeps_the_smile_and_restores_the_articulation(trained, toy, tmp_path, own_encoder):
     """A tiny refiner trained briefly: a smile added to its input comes back (the emotion's
     intensity is kept), and a mouth with no articulation left comes back moving with the audio.
-    With its own audio encoder (the default recipe) or reading EmoDiff's features."""
+    With its own audio encoder looking a frame further ahead than EmoDiff's (the default
+    recipe: its training windows carry that encoder's mel spans) or reading EmoDiff's features."""
     result, *_ = trained
     torch.manual_seed(0)
     train_split, val_split = load_splits(toy)
-    audio = result.ema.cfg.audio if own_encoder else None
+    audio = replace(result.ema.cfg.audio, lookahead=LIP_LOOKAHEAD_FRAMES) if own_encoder else None
     refiner = LipRefiner(LipRefinerConfig(audio_dim=64, style_dim=64, dim=48, audio=audio))
     tcfg = LipsTrainConfig(val_batches=1, val_batch_size=64)
     task = LipsTask(refiner, result.ema, train_split, val_split, 32, tcfg, seed=0)
+    assert task.sampler.lookahead == (LIP_LOOKAHEAD_FRAMES if own_encoder else 2)
     cfg = LoopConfig(
         steps=250, batch_size=32, lr=2e-3, warmup=20, val_every=0, ckpt_every=0, progress=False
     )

@@ -48,7 +48,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.blendshapes import MOTION_DIM, MOTION_INDEX, MOUTH_NAMES
-from engine.models.audio_encoder import AudioEncoder, AudioEncoderConfig
+from engine.models.audio_encoder import (
+    AUDIO_LOOKAHEAD_FRAMES,
+    AudioEncoder,
+    AudioEncoderConfig,
+)
 from engine.motion_norm import ChannelNorm
 
 MOUTH_INDICES: tuple[int, ...] = tuple(MOTION_INDEX[n] for n in MOUTH_NAMES)
@@ -68,6 +72,10 @@ EXPRESSIVE_IN_MOUTH: tuple[int, ...] = tuple(
 # plus the shrug of the upper lip and the jaw thrust, which emotions use too. EmoDiff's values of
 # these, read by the refiner, would hold the lips apart on a bilabial or add its jitter to the gap.
 LIP_GAP_NAMES: tuple[str, ...] = (*ARTICULATION_NAMES, "mouthShrugUpper", "jawForward")
+# The default recipe's own audio encoder looks one frame further ahead than EmoDiff's: the
+# mouth's correlation with the target gains most from the coming audio, and blocks of one frame
+# wait for it no longer than blocks of two waited for EmoDiff's (docs/streaming.md).
+LIP_LOOKAHEAD_FRAMES = AUDIO_LOOKAHEAD_FRAMES + 1
 
 
 @dataclass

@@ -3,17 +3,22 @@
 The window defaults were chosen by measurement (docs/streaming.md has the table and the
 command that made it); in short, for EmoDiff windows of S = 16 frames:
 
-- ``hop_frames`` H = 2 (80 ms): every block emits 2 frames, their mouth refined from the audio.
-  H = 1 saves 40 ms of waiting for the block's first frame but doubles the calls; H = 4 adds
-  80 ms. At H = 2 p95 latency stays under 200 ms at 256 px with room for several sessions per
-  core.
-- ``motion_hop_frames`` E = 2 H = 4: every other block calls EmoDiff, which generates 4 frames;
-  the next block takes the 2 it left. Through the live loop each call's sampling error adds to
-  the expression's drift, so half the calls drift half as far (Frechet distance 40 -> 30, the
-  full sampler's 30; intensity accuracy up; `dreamtalk eval`, docs/streaming.md), and EmoDiff
-  costs half the compute. The audio of the 2 frames past the block has not come: their
-  features read the last mel frame held. The mouth keeps H's latency: the lip refiner runs on
-  every block with the real audio.
+- ``hop_frames`` H = 1 (40 ms): every block emits 1 frame, its mouth refined from the audio.
+  A block waits for its frame's audio and the look-ahead: the lip refiner's own encoder looks
+  3 frames ahead (EmoDiff's 2), so each frame waits (1 + 3) x 40 ms, what the first frame of a
+  2-frame block waited behind a 2-frame look-ahead: the same p95 latency (176 ms at 256 px),
+  and the refiner hears 40 ms more of what comes (jawOpen r 0.868 -> 0.883, mouth-opening r
+  0.833 -> 0.842 on 96 test utterances; docs/streaming.md). H = 2 with that look-ahead would
+  add 40 ms, over the 200 ms budget; H = 1 with a 2-frame look-ahead saves 40 ms and keeps the
+  old lip-sync.
+- ``motion_hop_frames`` E = 4 (None: the smallest multiple of H of at least 4 frames): EmoDiff
+  runs on every fourth block and generates 4 frames; the blocks between take the ones it left.
+  Through the live loop each call's sampling error adds to the expression's drift, so fewer
+  calls drift less (E = 4 against 2: Frechet distance 40 -> 30, the full sampler's 30;
+  intensity accuracy up; `dreamtalk eval`, docs/streaming.md), and EmoDiff costs a quarter of
+  the compute of a call per frame. The audio of the frames past the block's look-ahead has not
+  come: their features read the last mel frame held. The mouth keeps H's latency: the lip
+  refiner runs on every block with the real audio.
 - ``known_frames`` O = S - E = 12: the window is conditioned on every emitted frame it overlaps
   and generates only the E new ones. With EmoDiff's K = 8 instead (the re-estimated 6 frames
   after them already emitted, not shown again), each block continues a fresh estimate of the
@@ -26,8 +31,9 @@ command that made it); in short, for EmoDiff windows of S = 16 frames:
   fewer known frames it moves the window's own estimate of the last emitted frame onto it.
   Measured with the committed weights: C = 4 gives a seam jerk ratio of 1.02, C = 0 0.99 but a
   Frechet distance of 70 against 58.
-- ``lookahead_frames`` L: the audio encoder's own (2 frames, 80 ms). Less is allowed (the missing
-  future is taken as silence) and costs lip-sync.
+- ``lookahead_frames`` L: what a block waits for; None: the larger of the two encoders' own
+  (3 frames, 120 ms, the lip refiner's). Less is allowed (the missing future is taken as
+  silence) and costs lip-sync.
 - ``refine_context_frames``: the frames before the new ones that the (causal) lip refiner is
   given; None takes the refiner's receptive field (32), which makes it exact.
 """
@@ -40,13 +46,16 @@ from engine.stream.audio_input import VadConfig
 from engine.stream.idle import GateConfig, IdleConfig
 from engine.timebase import FPS
 
+MIN_MOTION_HOP = 4  # frames: EmoDiff runs at most every 160 ms unless asked otherwise
+
 
 @dataclass(frozen=True)
 class StreamConfig:
     # ---- windows --------------------------------------------------------------------------
-    hop_frames: int = 2  # H: frames per block (the mouth's latency: the refiner runs every block)
-    # E: frames each EmoDiff call generates, a multiple of H (None: 2 H); the blocks between
-    # two calls take frames already generated. See the module docstring.
+    hop_frames: int = 1  # H: frames per block (the mouth's latency: the refiner runs every block)
+    # E: frames each EmoDiff call generates, a multiple of H (None: the smallest multiple of H
+    # of at least 4 frames); the blocks between two calls take frames already generated. See
+    # the module docstring.
     motion_hop_frames: int | None = None
     known_frames: int | None = None  # O: initial-state frames (None: the whole overlap, S - E)
     crossfade_frames: int = 4  # the seam offset's fade, frames (0: no offset)
@@ -106,7 +115,9 @@ class StreamConfig:
     @property
     def motion_hop(self) -> int:
         """E: frames per EmoDiff call."""
-        return 2 * self.hop_frames if self.motion_hop_frames is None else self.motion_hop_frames
+        if self.motion_hop_frames is not None:
+            return self.motion_hop_frames
+        return self.hop_frames * -(-MIN_MOTION_HOP // self.hop_frames)
 
     def playout_delay_s(self, lookahead: int) -> float:
         if self.playout_delay_ms is not None:

@@ -163,11 +163,17 @@ class SessionCore:
         # at most the overlap: a long hop leaves room for fewer known frames
         overlap = self.S - self.E
         self.O = overlap if cfg.known_frames is None else min(cfg.known_frames, overlap)
-        self.L_model = models.lookahead
+        # Look-ahead: EmoDiff's encoder reads L_emo frames of future audio, the lip refiner's
+        # L_lip (its own encoder may look further: the mouth needs the coming audio most); a
+        # block waits for the larger, L_model, or for L when the configuration asks for less
+        # (the missing future then reads silence).
+        self.L_emo, self.L_lip = models.lookahead, models.lip_lookahead
+        self.L_model = models.audio_lookahead
         self.L = self.L_model if cfg.lookahead_frames is None else cfg.lookahead_frames
         if self.L > self.L_model:
-            raise ValueError(f"the audio encoder looks {self.L_model} frames ahead, not {self.L}")
+            raise ValueError(f"the audio encoders look {self.L_model} frames ahead, not {self.L}")
         self.left = models.left_context
+        self.left_lip = models.lip_left_context
         ctx = cfg.refine_context_frames
         self.R = models.refiner_context if ctx is None else ctx
         self.ramp = max(1, round(cfg.emotion_ramp_ms * FPS / 1000.0))
@@ -251,17 +257,18 @@ class SessionCore:
     def _preroll(self) -> None:
         """Frames [-S, 0): one window over silence, nothing known (never emitted)."""
         m = self.models
-        silence = np.full(
-            (1, MELS_PER_FRAME * (self.left + 1 + self.L_model), MEL.n_mels),
-            SILENCE_LOG_MEL,
-            np.float32,
-        )
-        feat = m.encode_audio(silence)[0, 0].numpy()  # the same for every silent frame
+
+        def silence(frames: int) -> np.ndarray:  # the mel of one feature's span of silence
+            return np.full((1, MELS_PER_FRAME * frames, MEL.n_mels), SILENCE_LOG_MEL, np.float32)
+
+        # the same for every silent frame
+        feat = m.encode_audio(silence(self.left + 1 + self.L_emo))[0, 0].numpy()
         self.silence_feat = self.lip_silence_feat = feat
         feats = np.broadcast_to(feat, (self.S, len(feat)))
         self.feats.append(-self.S, feats)
         if self.lip_feats is not self.feats:
-            self.lip_silence_feat = m.encode_lip_audio(silence)[0, 0].numpy()
+            lip_silence = silence(self.left_lip + 1 + self.L_lip)
+            self.lip_silence_feat = m.encode_lip_audio(lip_silence)[0, 0].numpy()
             lip = np.broadcast_to(self.lip_silence_feat, (self.S, len(self.lip_silence_feat)))
             self.lip_feats.append(-self.S, lip)
         window = m.sample_window(
@@ -298,26 +305,32 @@ class SessionCore:
         return frames
 
     def _begin(self) -> Block:
-        """The block's mel span (the encoders' input), its VAD flags; silence committed
+        """The block's mel spans (the encoders' inputs), its VAD flags; silence committed
         first if the caller forced the block (no-op unless the audio is late or over)."""
         b, H = self.next_block, self.H
         self.force_silence()
-        # A block that calls EmoDiff encodes all E frames it generates. The audio of the E - H
-        # past the block has not come: their features are provisional (EmoDiff's window only)
-        # and read the last mel frame held; silence there would tell EmoDiff that the speech
-        # stops (measured: Frechet distance 36 against 30, docs/streaming.md).
+        # A block that calls EmoDiff encodes all E frames it generates. The audio of those
+        # past the block's look-ahead has not come: their features are provisional (EmoDiff's
+        # window only) and read the last mel frame held; silence there would tell EmoDiff that
+        # the speech stops (measured: Frechet distance 36 against 30, docs/streaming.md).
         generates = self.raw.end < b + H
-        own_end = b + H + self.L_model  # the mel the block's own H features read
-        hi = own_end + (self.E - H if generates else 0)
-        lo = b - self.left
+        full_end = b + H + self.L_model  # the mel the block's own H features read, at most
         real_end = b + H + self.L  # frames past this read silence (reduced look-ahead)
+        emo = (b - self.left, b + H + self.L_emo + (self.E - H if generates else 0))
+        lip = (b - self.left_lip, b + H + self.L_lip)
+        lo, hi = min(emo[0], lip[0]), max(emo[1], lip[1])
         self._mel_upto(real_end)
         mel = self.mel.get(lo, hi)
-        if real_end < own_end:
-            mel[real_end - lo : own_end - lo] = SILENCE_LOG_MEL
-        mel[own_end - lo :] = mel[own_end - lo - 1]
+        if real_end < full_end:
+            mel[real_end - lo : full_end - lo] = SILENCE_LOG_MEL
+        mel[full_end - lo :] = mel[full_end - lo - 1]
         self.vad.advance(self.timeline, b + H + self.L)
-        return Block(self, b, torch.from_numpy(mel.reshape(1, -1, MEL.n_mels)), generates)
+
+        def rows(span: tuple[int, int]) -> torch.Tensor:
+            part = mel[span[0] - lo : span[1] - lo]
+            return torch.from_numpy(np.ascontiguousarray(part).reshape(1, -1, MEL.n_mels))
+
+        return Block(self, b, rows(emo), rows(lip), generates)
 
     def _take_features(
         self, block: Block, feats: torch.Tensor, lip_feats: torch.Tensor | None
@@ -425,7 +438,7 @@ class SessionCore:
         self.feats.trim(b - keep)
         if self.lip_feats is not self.feats:
             self.lip_feats.trim(b - keep)
-        self.mel.trim(b - self.left - 2)
+        self.mel.trim(b - max(self.left, self.left_lip) - 2)
         self.timeline.trim_before((b - 2) * SAMPLES_PER_FRAME - MEL_LOOKAHEAD_SAMPLES)
         self.vad.forget_before(b - self.gate.hang - self.gate.MAX_RUN - 2)
 
@@ -456,7 +469,8 @@ class Block:
 
     core: SessionCore
     b: int  # its first frame
-    mel: torch.Tensor  # (1, mel rows, n_mels): the audio encoders' input
+    mel: torch.Tensor  # (1, mel rows, n_mels): EmoDiff's audio encoder's input
+    lip_mel: torch.Tensor  # (1, mel rows, n_mels): the lip refiner's own encoder's input
     generates: bool = True  # it calls EmoDiff (else its frames were generated before)
     window: WindowInputs | None = None
     refine: RefineInputs | None = None
@@ -494,10 +508,13 @@ def run_blocks(
     def mel(blk: Block) -> tuple[tuple, Row]:
         return (), (blk.mel,)
 
+    def lip_mel(blk: Block) -> tuple[tuple, Row]:
+        return (), (blk.lip_mel,)
+
     feats = call_batched(out, blocks, mel, lambda _, m: models.encode_audio(m))
     lip: dict[int, torch.Tensor] = {}
     if not models.lip_features_shared:
-        lip = call_batched(out, blocks, mel, lambda _, m: models.encode_lip_audio(m))
+        lip = call_batched(out, blocks, lip_mel, lambda _, m: models.encode_lip_audio(m))
     _each(out, blocks, lambda i, blk: blk.core._take_features(blk, feats[i], lip.get(i)))
 
     def window(blk: Block) -> tuple[tuple, Row]:

@@ -45,7 +45,6 @@ from engine.data.corpus import SplitArrays
 from engine.diffusion import add_noise, alpha_sigma, ddim_step, v_from_x
 from engine.models import EmoDiff
 from engine.motion_model import DEFAULT_GUIDANCE, clamp_motion, guided_x, sample_emodiff
-from engine.stream.config import StreamConfig
 from engine.training.common import motion_metrics
 from engine.training.emodiff import EmoDiffTrainConfig, batch_style, make_sampler
 from engine.training.loop import LoopConfig, WindowTask
@@ -69,12 +68,13 @@ class DistillConfig:
     p_clip: float = 0.5
     p_known_none: float = 0.1
     p_known_init: float = 0.5
-    # The known-frame count drawn with p_known_init. None: S - H (14 of 16), what the live path
-    # knew when the committed student was distilled; the teacher was trained with its K = 8
-    # there, and a student distilled at K = 8 drifted through the live loop (FD 47 against the
-    # teacher's 30, docs/eval.md). The live path now knows S - E = 12 (`StreamConfig`); a
-    # student distilled at 12 measured the same there (FD 30.6 against 30.0, one seed).
-    known_init: int | None = None
+    # The known-frame count drawn with p_known_init: 14 of 16, what the live path knew when the
+    # committed student was distilled (S - H, blocks of 2 frames then); the teacher was trained
+    # with its K = 8 there, and a student distilled at K = 8 drifted through the live loop (FD 47
+    # against the teacher's 30, docs/eval.md). The live path now knows S - E = 12
+    # (`StreamConfig`); a student distilled at 12 measured the same there (FD 30.6 against
+    # 30.0, one seed).
+    known_init: int = 14
     val_batch_size: int = 64
     val_guidance: float = DEFAULT_GUIDANCE
 
@@ -139,8 +139,6 @@ class DistillTask(WindowTask):
         self.teacher: EmoDiff = self.teacher0
         tcfg = EmoDiffTrainConfig(p_known_none=dcfg.p_known_none, p_known_init=dcfg.p_known_init)
         known = dcfg.known_init
-        if known is None:
-            known = teacher.cfg.seq_len - StreamConfig().hop_frames
         if not 0 <= known < teacher.cfg.seq_len:
             raise ValueError(f"known_init must be in [0, {teacher.cfg.seq_len}), got {known}")
         self.sampler = make_sampler(train, teacher.cfg, tcfg, seed, known)
