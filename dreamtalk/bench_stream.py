@@ -508,18 +508,20 @@ def stability(models, audio: np.ndarray, minutes: float, size: int = 256) -> dic
 
 # ---- the trade-off table --------------------------------------------------------------------
 TRADEOFF = (
-    ("H=2 E=4 O=12 C=4 (default)", dict()),
-    ("H=2 E=2 O=14 C=4", dict(motion_hop_frames=2)),
-    ("H=1 E=2 O=14 C=4", dict(hop_frames=1)),
+    ("H=1 E=4 O=12 C=4 (default)", dict()),
+    ("H=2 E=4 O=12 C=4", dict(hop_frames=2)),
+    ("H=2 E=2 O=14 C=4", dict(hop_frames=2, motion_hop_frames=2)),
+    ("H=1 E=2 O=14 C=4", dict(motion_hop_frames=2)),
     ("H=4 E=4 O=12 C=4", dict(hop_frames=4, motion_hop_frames=4)),
     ("H=8 E=8 O=8 C=4", dict(hop_frames=8, motion_hop_frames=8)),
-    ("H=2 E=4 O=12 C=0", dict(crossfade_frames=0)),
-    ("H=2 O=8 C=4 (re-estimated overlap)", dict(known_frames=8)),
-    ("H=2 O=8 C=0", dict(known_frames=8, crossfade_frames=0)),
-    ("H=2 O=4 C=4", dict(known_frames=4)),
-    ("H=2 O=0 C=0", dict(known_frames=0, crossfade_frames=0)),
-    ("H=2 look-ahead 1", dict(lookahead_frames=1)),
-    ("H=2 look-ahead 0", dict(lookahead_frames=0)),
+    ("H=1 E=4 O=12 C=0", dict(crossfade_frames=0)),
+    ("H=1 O=8 C=4 (re-estimated overlap)", dict(known_frames=8)),
+    ("H=1 O=8 C=0", dict(known_frames=8, crossfade_frames=0)),
+    ("H=1 O=4 C=4", dict(known_frames=4)),
+    ("H=1 O=0 C=0", dict(known_frames=0, crossfade_frames=0)),
+    ("H=1 look-ahead 2", dict(lookahead_frames=2)),
+    ("H=1 look-ahead 1", dict(lookahead_frames=1)),
+    ("H=1 look-ahead 0", dict(lookahead_frames=0)),
 )
 
 

@@ -268,6 +268,7 @@ class MotionModels:
 
     @property
     def lip_left_context(self) -> int:
+        """Frames of past audio the lip refiner's features read (its own encoder's)."""
         if self.lip_features_shared:
             return self.left_context
         return self.refiner.cfg.audio.left_context
