@@ -139,7 +139,7 @@ class DistillTask(WindowTask):
         self.teacher: EmoDiff = self.teacher0
         tcfg = EmoDiffTrainConfig(p_known_none=dcfg.p_known_none, p_known_init=dcfg.p_known_init)
         known = dcfg.known_init
-        if not 0 <= known < teacher.cfg.seq_len:
+        if not isinstance(known, int) or not 0 <= known < teacher.cfg.seq_len:
             raise ValueError(f"known_init must be in [0, {teacher.cfg.seq_len}), got {known}")
         self.sampler = make_sampler(train, teacher.cfg, tcfg, seed, known)
         val_sampler = make_sampler(val, teacher.cfg, tcfg, seed + 1)
