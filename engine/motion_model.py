@@ -56,7 +56,7 @@ from engine.diffusion import Denoiser, sample_ddim, sample_student, x_from_v
 from engine.emotions import check_intensity, emotion_index
 from engine.features import MELS_PER_FRAME
 from engine.models import EmoDiff, LipRefiner, LSTMBaseline, pad_mel
-from engine.models.audio_encoder import SILENCE_LOG_MEL
+from engine.models.audio_encoder import SILENCE_LOG_MEL, AudioEncoderConfig
 
 if TYPE_CHECKING:
     from engine.backends import Networks
@@ -259,19 +259,20 @@ class MotionModels:
         return self.emodiff.cfg.audio.left_context
 
     @property
-    def lip_lookahead(self) -> int:
-        """Frames of future audio the lip refiner's features read: its own encoder's, which may
-        look further ahead than EmoDiff's (the mouth needs the audio to come, EmoDiff less)."""
+    def lip_audio_config(self) -> AudioEncoderConfig:
+        """The encoder the lip refiner's features come from: its own, which may look further
+        ahead than EmoDiff's (the mouth needs the audio to come, EmoDiff less), else EmoDiff's."""
         if self.lip_features_shared:
-            return self.lookahead
-        return self.refiner.cfg.audio.lookahead
+            return self.emodiff.cfg.audio
+        return self.refiner.cfg.audio
+
+    @property
+    def lip_lookahead(self) -> int:
+        return self.lip_audio_config.lookahead
 
     @property
     def lip_left_context(self) -> int:
-        """Frames of past audio the lip refiner's features read (its own encoder's)."""
-        if self.lip_features_shared:
-            return self.left_context
-        return self.refiner.cfg.audio.left_context
+        return self.lip_audio_config.left_context
 
     @property
     def audio_lookahead(self) -> int:
