@@ -25,6 +25,6 @@ stage distill weights/emodiff_student.pt \
     --guided-steps 3000 --round-steps 3000 --threads 2
 stage lips weights/lips.pt \
     $DT train lips --emodiff weights/emodiff_student.pt --data "$DATA" \
-    --out weights/lips.pt --steps 12000 --threads 2
+    --out weights/lips.pt --steps 36000 --lr 1e-3 --threads 2
 stage lstm weights/lstm.pt \
     $DT train lstm --data "$DATA" --out weights/lstm.pt --steps 12000 --threads 2
