@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from dreamtalk.cli import main
-from engine.blendshapes import MOTION_DIM, MOTION_INDEX
+from engine.blendshapes import MOTION_DIM, MOTION_INDEX, NUM_BLENDSHAPES
 from engine.checkpoint import load_checkpoint
 from engine.data.corpus import Corpus
 from engine.data.visemes import lip_opening
@@ -30,7 +30,8 @@ from engine.models import (
 )
 from engine.models.lip_refiner import LIP_LOOKAHEAD_FRAMES
 from engine.motion_model import MotionModels
-from engine.training.common import EXPRESSION, JAW, load_splits, pearson
+from engine.training.common import EXPRESSION, JAW, POSE, load_splits, pearson
+from engine.training.distill import DistillConfig, offset_pose
 from engine.training.emodiff import EmoDiffTask, EmoDiffTrainConfig
 from engine.training.lips import LipsTask, LipsTrainConfig, gap_corr_loss
 from engine.training.loop import LoopConfig, train
@@ -186,6 +187,20 @@ def test_resume_gives_the_uninterrupted_run(toy, tmp_path):
         assert torch.equal(v, resumed[k]), k
     state = load_checkpoint(tmp_path / "b" / "state.pt")
     assert state.step == 6 and state.optimizer is not None and state.ema is not None
+
+
+def test_distill_pose_offset_moves_whole_windows_head_pose_only():
+    torch.manual_seed(0)
+    x = torch.randn(64, 16, MOTION_DIM)
+    assert torch.equal(offset_pose(x, DistillConfig()), x)  # off by default
+    d = offset_pose(x, DistillConfig(pose_offset=0.5, p_pose_offset=0.5)) - x
+    assert torch.equal(d[..., :NUM_BLENDSHAPES], torch.zeros_like(d[..., :NUM_BLENDSHAPES]))
+    assert torch.allclose(d[..., POSE], d[:, :1, POSE].expand_as(d[..., POSE]))  # known = target
+    moved = d[:, 0, POSE].abs().amax(dim=1) > 0
+    assert 16 <= int(moved.sum()) <= 48
+    assert 0.3 < float(d[moved][:, 0, POSE].std()) < 0.7
+    with pytest.raises(ValueError, match="pose_offset"):
+        DistillConfig(pose_offset=-0.1)
 
 
 def test_cli_trains_distills_and_loads(toy, tmp_path, monkeypatch):

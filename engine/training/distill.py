@@ -45,7 +45,7 @@ from engine.data.corpus import SplitArrays
 from engine.diffusion import add_noise, alpha_sigma, ddim_step, v_from_x
 from engine.models import EmoDiff
 from engine.motion_model import DEFAULT_GUIDANCE, clamp_motion, guided_x, sample_emodiff
-from engine.training.common import motion_metrics
+from engine.training.common import POSE, motion_metrics
 from engine.training.emodiff import EmoDiffTrainConfig, batch_style, make_sampler
 from engine.training.loop import LoopConfig, WindowTask
 from engine.training.windows import fixed_batches
@@ -75,6 +75,13 @@ class DistillConfig:
     # (`StreamConfig`); a student distilled at 12 measured the same there (FD 30.6 against
     # 30.0, one seed).
     known_init: int = 14
+    # Head-pose offset (normalised units, std) added to the whole window, known frames and
+    # target alike, in a share ``p_pose_offset`` of the windows. Through the live loop the
+    # known frames are the model's own, often further from the audio's typical pose than the
+    # data's; the teacher's answer there (it keeps the offset) is what the student must learn
+    # to keep the pose diversity the loop accumulates. 0: off.
+    pose_offset: float = 0.0
+    p_pose_offset: float = 0.5
     val_batch_size: int = 64
     val_guidance: float = DEFAULT_GUIDANCE
 
@@ -84,6 +91,11 @@ class DistillConfig:
             raise ValueError(
                 f"teacher steps / target steps must be a power of 2, got "
                 f"{self.teacher_steps} / {self.target_steps}"
+            )
+        if self.pose_offset < 0 or not 0 <= self.p_pose_offset <= 1:
+            raise ValueError(
+                f"pose_offset must be >= 0 and p_pose_offset in [0, 1], got "
+                f"{self.pose_offset}, {self.p_pose_offset}"
             )
 
     def phases(self) -> list[tuple[str, int, int]]:
@@ -98,6 +110,18 @@ class DistillConfig:
     @property
     def total_steps(self) -> int:
         return sum(p[2] for p in self.phases())
+
+
+def offset_pose(x: torch.Tensor, dcfg: DistillConfig) -> torch.Tensor:
+    """Normalised windows (B, T, MOTION_DIM) with, in a share ``p_pose_offset`` of them, a
+    constant drawn from N(0, pose_offset^2) per head-pose channel added to every frame."""
+    if dcfg.pose_offset <= 0:
+        return x
+    b = x.shape[0]
+    on = (torch.rand(b, 1, 1) < dcfg.p_pose_offset).float()
+    x = x.clone()
+    x[..., POSE] += dcfg.pose_offset * torch.randn(b, 1, x.shape[-1] - POSE.start) * on
+    return x
 
 
 def make_student(teacher: EmoDiff) -> EmoDiff:
@@ -183,7 +207,7 @@ class DistillTask(WindowTask):
         batch = self.sampler.sample(self.batch_size)
         b = batch.motion.shape[0]
         with torch.no_grad():
-            x = model.motion_norm.normalize(batch.motion)
+            x = offset_pose(model.motion_norm.normalize(batch.motion), self.dcfg)
             feats = model.audio(batch.mel)
             style, _ = batch_style(model, batch, self.dcfg.p_clip, 0.0)
             mask = batch.known_mask()
