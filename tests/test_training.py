@@ -192,7 +192,7 @@ def test_resume_gives_the_uninterrupted_run(toy, tmp_path):
 def test_distill_pose_offset_moves_whole_windows_head_pose_only():
     torch.manual_seed(0)
     x = torch.randn(64, 16, MOTION_DIM)
-    assert torch.equal(offset_pose(x, DistillConfig()), x)  # off by default
+    assert torch.equal(offset_pose(x, DistillConfig(pose_offset=0.0)), x)  # 0: off
     d = offset_pose(x, DistillConfig(pose_offset=0.5, p_pose_offset=0.5)) - x
     assert torch.equal(d[..., :NUM_BLENDSHAPES], torch.zeros_like(d[..., :NUM_BLENDSHAPES]))
     assert torch.allclose(d[..., POSE], d[:, :1, POSE].expand_as(d[..., POSE]))  # known = target
