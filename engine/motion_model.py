@@ -262,9 +262,9 @@ class MotionModels:
     def lip_audio_config(self) -> AudioEncoderConfig:
         """The encoder the lip refiner's features come from: its own, which may look further
         ahead than EmoDiff's (the mouth needs the audio to come, EmoDiff less), else EmoDiff's."""
-        if self.lip_features_shared:
+        if self.refiner is None:
             return self.emodiff.cfg.audio
-        return self.refiner.cfg.audio
+        return self.refiner.features_config(self.emodiff.cfg.audio)
 
     @property
     def lip_lookahead(self) -> int:

@@ -161,6 +161,11 @@ class LipRefiner(nn.Module):
         seen = read if cfg.reads_shape else torch.zeros_like(read)
         self.register_buffer("shape_seen", seen, persistent=False)
 
+    def features_config(self, shared: AudioEncoderConfig) -> AudioEncoderConfig:
+        """The encoder whose features this refiner reads: its own (which may look further ahead
+        than EmoDiff's), else ``shared``, EmoDiff's."""
+        return self.cfg.audio if self.cfg.audio is not None else shared
+
     def predict_mouth(
         self, feats: torch.Tensor, motion: torch.Tensor, style: torch.Tensor
     ) -> torch.Tensor:

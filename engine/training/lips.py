@@ -187,8 +187,7 @@ class LipsTask(WindowTask):
             model.audio.load_state_dict(emodiff.audio.state_dict())
         # the refiner's motion normalisation is the train split's, as EmoDiff's is
         self.stats = set_stats(model.motion_norm, None, train)
-        # the mel spans of the encoder the refiner reads (its own may look further ahead)
-        a = model.cfg.audio if model.audio is not None else emodiff.cfg.audio
+        a = model.features_config(emodiff.cfg.audio)  # the mel spans the refiner's features read
         s = emodiff.cfg.style_clip_frames
         self.sampler = WindowSampler(
             train, tcfg.seq_len, a.left_context, a.lookahead, s, None, seed
