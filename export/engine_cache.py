@@ -31,7 +31,7 @@ from export.manifest import (
     write_manifest,
 )
 from export.onnx_export import OPSET, export_graph
-from export.tensorrt_build import BuildOptions, Target, build_engine, engine_key
+from export.tensorrt_build import BuildOptions, Target, build_engine, engine_key, precision
 
 if TYPE_CHECKING:
     from engine.motion_model import MotionModels
@@ -159,7 +159,7 @@ class EngineCache:
             entry = manifest["models"].get(graph.name)
             if entry is None or entry.get("file") != onnx_path.name:
                 raise ValueError(f"{graph.name}: no ONNX export in {self.folder} to build from")
-            key = engine_key(target, entry["sha256"], options)
+            key = engine_key(target, entry["sha256"], options, graph.half)
             plan = self.folder / f"{graph.name}.{key}.plan"
             engines = entry.setdefault("tensorrt", {})
             known = engines.get(key)
@@ -171,7 +171,7 @@ class EngineCache:
                 "sha256": sha256_file(plan),
                 "gpu": target.gpu,
                 "tensorrt": target.tensorrt,
-                "precision": "fp16" if options.fp16 and target.fast_fp16 else "fp32",
+                "precision": precision(target, options, graph.half),
                 "max_batch": options.max_batch,
                 "onnx_sha256": entry["sha256"],
                 "built": _now(),

@@ -23,9 +23,10 @@ from engine.backends.devices import tensorrt_available
 from engine.backends.kinds import ORT_CPU
 from engine.motion_model import WEIGHTS_DIR, MotionModels
 from export.engine_cache import EngineCache, fingerprint
+from export.fp16 import half_fraction, to_fp16
 from export.graphs import SAMPLER, STEP, Graph, TensorSpec, audio_encoder_graph
 from export.manifest import check_entry, read_manifest, sha256_file
-from export.onnx_export import export_graph
+from export.onnx_export import export_graph, ort_session
 from export.recording import inputs_of, load_recorded
 from export.tensorrt_build import BuildOptions, Target, engine_key, profile_shapes
 from export.verify import graph_for
@@ -48,7 +49,11 @@ def test_every_network_is_exported_with_a_complete_manifest(export_dir):
     for name, entry in manifest["models"].items():
         assert check_entry(export_dir, name, entry) == []
         assert entry["sha256"] == sha256_file(export_dir / entry["file"])
-        assert entry["opset"] == 17 and 0 < entry["tolerance"] < entry["tolerance_fp16"]
+        assert entry["opset"] == 17
+        if name.startswith("renderer"):  # its sampling positions need FP32
+            assert 0 < entry["tolerance"] and entry["tolerance_fp16"] is None
+        else:
+            assert 0 < entry["tolerance"] < entry["tolerance_fp16"]
         # the batch axis is symbolic on every batched input and on the output
         assert entry["outputs"][0]["shape"][0] == "batch"
         assert entry["inputs"][0]["shape"][0] == "batch"
@@ -192,12 +197,56 @@ def test_tensorrt_cache_key_and_profile():
     # no fast FP16: the key says what was built (FP32)
     assert ".fp32." in engine_key(Target("GTX 1080", "10.3.0", False), "aa" * 32,
                                   BuildOptions(fp16=True))  # fmt: skip
+    # nor for a graph that needs FP32 (the renderer)
+    half = BuildOptions(fp16=True)
+    assert ".fp16." in engine_key(a100, "aa" * 32, half)
+    assert ".fp32." in engine_key(a100, "aa" * 32, half, half=False)
     with pytest.raises(ValueError, match="max-batch"):
         BuildOptions(max_batch=0)
     graph = audio_encoder_graph(MotionModels.load_default())
     (lo, opt, hi) = profile_shapes(graph, 6)["mel"]
     assert lo[0] == 1 and opt[0] == 1 and hi[0] == 6
     assert lo[1] < opt[1] < hi[1] and lo[2] == opt[2] == hi[2] == 80
+
+
+def _io_types(model: onnx.ModelProto) -> list[tuple[str, int]]:
+    values = (*model.graph.input, *model.graph.output)
+    return [(v.name, v.type.tensor_type.elem_type) for v in values]
+
+
+def test_fp16_copies_run_in_half_precision_within_their_tolerance(export_dir):
+    """What FP16 TensorRT engines are built from (strongly typed networks: every layer runs in
+    its ONNX type): every weight of a matrix product in float16, the time embedding's sinusoids
+    and the layer norms in float32, inputs and output float32 under the same names. On the
+    recorded inputs each copy is within its FP16 tolerance of the FP32 file, and not equal."""
+    manifest = read_manifest(export_dir)
+    recorded = load_recorded(export_dir)
+    checked = 0
+    for name, entry in manifest["models"].items():
+        if entry["tolerance_fp16"] is None:
+            continue
+        model = onnx.load(export_dir / entry["file"])
+        half = to_fp16(model)
+        assert half_fraction(half) == 1.0 and half_fraction(model) == 0.0
+        assert _io_types(half) == _io_types(model)
+        typed = onnx.shape_inference.infer_shapes(half).graph
+        types = {v.name: v.type.tensor_type.elem_type for v in (*typed.value_info, *typed.input)}
+        types.update({t.name: t.data_type for t in half.graph.initializer})
+        for node in half.graph.node:
+            if node.op_type in ("Sin", "Cos", "LayerNormalization"):
+                assert types[node.input[0]] == onnx.TensorProto.FLOAT, node.name
+        path = export_dir / f"{name}.fp16.onnx"
+        onnx.save(half, path)
+        try:
+            sessions = [ort_session(export_dir / entry["file"]), ort_session(path)]
+        finally:
+            path.unlink()
+        feed = {i.name: recorded[f"{name}/{i.name}"] for i in sessions[0].get_inputs()}
+        full, reduced = (s.run(None, feed)[0] for s in sessions)
+        assert reduced.dtype == np.float32
+        assert 0 < np.abs(full - reduced).max() <= entry["tolerance_fp16"], name
+        checked += 1
+    assert checked == len(manifest["models"]) - 1  # all but the renderer
 
 
 @pytest.mark.skipif(not tensorrt_available(),

@@ -26,18 +26,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _torch_dtype(trt_dtype) -> torch.dtype:
-    import tensorrt as trt
+# TensorRT's data types by name, as the engines' inputs and outputs may have them (looked up by
+# name: the enum's members differ between TensorRT versions)
+_TORCH_DTYPES = {
+    "FLOAT": torch.float32,
+    "HALF": torch.float16,
+    "BF16": torch.bfloat16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "INT8": torch.int8,
+    "UINT8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
-    table = {
-        trt.DataType.FLOAT: torch.float32,
-        trt.DataType.HALF: torch.float16,
-        trt.DataType.INT32: torch.int32,
-        trt.DataType.INT64: torch.int64,
-        trt.DataType.INT8: torch.int8,
-        trt.DataType.BOOL: torch.bool,
-    }
-    return table[trt_dtype]
+
+def _torch_dtype(trt_dtype) -> torch.dtype:
+    if trt_dtype.name not in _TORCH_DTYPES:
+        raise ValueError(f"an engine tensor of TensorRT type {trt_dtype.name}: not supported")
+    return _TORCH_DTYPES[trt_dtype.name]
 
 
 class TrtRunner(Runner):
