@@ -13,6 +13,8 @@ import importlib
 import logging
 import sys
 
+from engine.memory import keep_freed_memory
+
 log = logging.getLogger("dreamtalk")
 
 # Modules that add subcommands, in the order `--help` lists them.
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    keep_freed_memory()  # every frame's temporaries reuse the last frame's pages
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as err:  # bad input: one clear line, no traceback

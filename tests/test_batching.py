@@ -22,8 +22,10 @@ from conftest import drain_frames
 from dreamtalk.bench_stream import random_models, speech_audio
 from dreamtalk.cli import main
 from engine.backends import TorchRunner
+from engine.backends.kinds import ORT_CPU, ORT_CUDA, TENSORRT
 from engine.motion_model import MotionModels
 from engine.stream import ManualClock, StreamConfig, StreamEngine, render_motion
+from engine.stream.worker import renders_in_batches
 from engine.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
 from server.config import ServerConfig
 
@@ -172,13 +174,15 @@ def test_max_batch_caps_the_batch_and_one_is_the_engine_as_it_was(speech):
     calls = count_calls(models)
     _, frames = run_together(models, speech, max_batch=2)
     assert set(calls["emodiff"]) == {1, 2} and max(calls["refiner"]) == 2
-    # by default a CPU renderer takes a batch's 256 px frames of one avatar in one call, and
-    # 512 px frames one by one (measured faster each way: docs/bench.md)
+    # by default the PyTorch renderer takes a batch's frames of one avatar in one call; ONNX
+    # Runtime's on a CPU only at 256 px (measured faster each way: docs/bench.md)
     assert set(calls["render_256"]) == {2}  # A and B: the default portrait
     with StreamEngine(models, clock=None, max_batch=2) as engine:
-        assert engine.batch_renders(256) and not engine.batch_renders(512)
-    with StreamEngine(models, clock=None, max_batch=2, batch_renders=True) as engine:
-        assert engine.batch_renders(512)
+        assert engine.batch_renders(256) and engine.batch_renders(512)
+    assert renders_in_batches(ORT_CPU, 256) and not renders_in_batches(ORT_CPU, 512)
+    assert renders_in_batches(TENSORRT, 512) and renders_in_batches(ORT_CUDA, 512)
+    with StreamEngine(models, clock=None, max_batch=2, batch_renders=False) as engine:
+        assert not engine.batch_renders(256)
 
     models = _models()
     calls = count_calls(models)

@@ -15,9 +15,9 @@ takes every other session whose block can run *now* (its audio is in, or the clo
 and is due within ``batch_window_ms`` of it (default: one hop), up to ``max_batch`` sessions,
 and runs their blocks together: each of the motion networks is called once for all of them
 (`engine.stream.core.run_blocks`). The frames of a batch's sessions that share an avatar are
-rendered in one call on a GPU renderer, and on a CPU one at 256 px; at 512 px a CPU renderer
-takes them one by one, which was measured faster there (docs/bench.md; ``batch_renders``,
-`engine.stream.session.deliver_blocks`). It never waits for
+rendered in one call on a GPU renderer and in PyTorch, and in ONNX Runtime on a CPU at 256 px;
+at 512 px ONNX Runtime's CPU renderer takes them one by one, which was measured faster there
+(docs/bench.md; ``batch_renders``, `engine.stream.session.deliver_blocks`). It never waits for
 a session that is not ready: a batch is whatever is ready when a worker picks. With several
 workers, a worker takes its share of the ready sessions (their number over the idle workers,
 itself included), so that the others have theirs. ``max_batch=1`` runs one session's block
@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.backends import Runner
-from engine.backends.kinds import ORT_CUDA, TENSORRT
+from engine.backends.kinds import ORT_CUDA, TENSORRT, TORCH
 from engine.motion_model import MotionModels
 from engine.stream.config import StreamConfig
 from engine.stream.core import run_blocks
@@ -60,15 +60,17 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 GPU_KINDS = (TENSORRT, ORT_CUDA)  # backends whose renderer takes a batch of frames faster
-# On a CPU, one call for 4 frames of 256 px was measured 8-45% faster than 4 calls, but at
-# 512 px slower (PyTorch by 2-47%, ONNX Runtime by 57-69%: a batch's full-resolution
-# intermediates leave the caches); docs/bench.md. Larger frames render one by one there.
+# On a CPU, one call for 4 frames of 256 px was measured 8-45% faster than 4 calls. At 512 px
+# PyTorch's is 10-17% faster too (with `engine.memory.keep_freed_memory`; before it, a
+# batch's temporaries were faulted in afresh and one call was slower), ONNX Runtime's 60%
+# slower (docs/bench.md): its larger frames render one by one.
 CPU_BATCH_RENDER_MAX_SIZE = 256
 
 
 def renders_in_batches(renderer_backend: str, size: int) -> bool:
-    """The default of `StreamEngine.batch_renders`: on a GPU, or on a CPU up to 256 px."""
-    return renderer_backend in GPU_KINDS or size <= CPU_BATCH_RENDER_MAX_SIZE
+    """The default of `StreamEngine.batch_renders`: on a GPU and in PyTorch, and in ONNX
+    Runtime on a CPU up to 256 px."""
+    return renderer_backend in (*GPU_KINDS, TORCH) or size <= CPU_BATCH_RENDER_MAX_SIZE
 
 
 class ManualClock:
@@ -218,8 +220,7 @@ class StreamEngine:
 
     def batch_renders(self, size: int) -> bool:
         """Whether a batch's frames of ``size`` px that share an avatar render in one call
-        (``__init__``'s ``batch_renders``; by default on a GPU, and on a CPU up to
-        `CPU_BATCH_RENDER_MAX_SIZE`)."""
+        (``__init__``'s ``batch_renders``; by default `renders_in_batches`)."""
         if self._batch_renders is not None:
             return self._batch_renders
         return renders_in_batches(self.models.nets.renderer_kind(size), size)
