@@ -99,7 +99,7 @@ def build_engine(
 
     built_in = precision(target, options, graph.half)
     if options.fp16 and built_in == "fp32":
-        reason = f"{target.gpu} has no fast FP16" if graph.half else "its positions need FP32"
+        reason = f"{target.gpu} has no fast FP16" if graph.half else "the graph needs FP32"
         log.warning("building %s in FP32: %s", graph.name, reason)
     model = onnx.load(str(onnx_path))
     if built_in == "fp16":
