@@ -3,11 +3,12 @@
 By default glibc hands big freed blocks back to the kernel: a block over the mmap threshold is
 unmapped when freed, and the heap's top is trimmed once its free end passes the trim threshold.
 A 512 px frame makes several 3 MB temporaries (positions, samples, the composite, the uint8
-copy), so each frame faulted its memory in afresh: about 2300 minor page faults per PyTorch
-render and conversion, 8.9 ms of which 4 ms were the faults (`dreamtalk bench stages`; 4.9 ms
-with the settings below, no faults). Fixed thresholds keep freed memory for the next frame:
-the process's resident size levels off at its working set instead of following each frame.
-ONNX Runtime allocates from its own arena and was not affected.
+copy), so each frame faulted its memory in afresh: 2300-3300 minor page faults per PyTorch
+render and conversion, which took 9.6-11.0 ms against 6.2-6.6 ms with the settings below
+(`dreamtalk bench stages --sizes 512`; `tests/test_memory.py` counts the faults). Fixed
+thresholds keep freed memory for the next frame: the process's resident size levels off at
+its working set (7 MB more than before, `dreamtalk bench stream`) instead of following each
+frame. ONNX Runtime allocates from its own arena and was not affected.
 """
 
 from __future__ import annotations

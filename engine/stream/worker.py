@@ -62,8 +62,8 @@ Clock = Callable[[], float]
 GPU_KINDS = (TENSORRT, ORT_CUDA)  # backends whose renderer takes a batch of frames faster
 # On a CPU, one call for 4 frames of 256 px was measured 8-45% faster than 4 calls. At 512 px
 # PyTorch's is 10-17% faster too (with `engine.memory.keep_freed_memory`; before it, a
-# batch's temporaries were faulted in afresh and one call was slower), ONNX Runtime's 60%
-# slower (docs/bench.md): its larger frames render one by one.
+# batch's temporaries were faulted in afresh and one call was slower); ONNX Runtime's was 66%
+# slower in one run of two (docs/bench.md): its larger frames render one by one.
 CPU_BATCH_RENDER_MAX_SIZE = 256
 
 
