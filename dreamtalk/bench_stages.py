@@ -184,7 +184,7 @@ def stage_calls(
         with torch.no_grad():
             return to_uint8_frames(renderer(motion, *inputs))
 
-    as_engine = renders_in_batches(models.nets.renderer_kind(size), size)  # what the engine does
+    as_engine = renders_in_batches(models.nets.renderer_kind(size, batch=2), size)  # as the engine
 
     def render_each():
         with torch.no_grad():
@@ -261,7 +261,9 @@ def bench_stages(cfg: StageBenchConfig) -> dict:
     for backend in backends:
         models = on_backend(base, backend, cfg)
         renderer = {str(s): models.nets.renderer_kind(s) for s in cfg.sizes}
+        batches = {str(s): models.nets.renderer_kind(s, batch=2) for s in cfg.sizes}
         entry: dict = {"motion": models.nets.backend, "renderer": renderer}
+        entry["renderer_batches"] = batches
         for size in cfg.sizes:
             offline_run(models, audio[:SAMPLE_RATE], 1, size)  # warm up: allocations, caches
             for n in cfg.sessions:
@@ -342,9 +344,11 @@ def print_table(r: dict) -> None:
 
 def _name(backend: str, entry: dict, size: int) -> str:
     renderer = entry["renderer"][str(size)]
-    if renderer == entry["motion"]:
+    batches = entry.get("renderer_batches", {}).get(str(size), renderer)
+    if renderer == batches == entry["motion"]:
         return backend
-    return f"{backend} ({entry['motion']} + renderer {renderer})"
+    what = renderer if renderer == batches else f"{renderer}, batches {batches}"
+    return f"{backend} ({entry['motion']} + renderer {what})"
 
 
 def show(result: dict, as_json: bool, table: Callable[[dict], None]) -> None:

@@ -349,7 +349,7 @@ def networks_of(
 ) -> Networks:
     """The `Networks` of the runners of `motion_graphs` (keyed by graph name): EmoDiff as the
     unrolled sampler, the one-step network, or both; ``renderer``: `Networks`' renderer fields
-    (``renderer_backend``, ``torch_render_sizes``)."""
+    (``renderer_backend``, ``torch_render_sizes``, ``torch_render_batches``)."""
     sampler = runners.get(SAMPLER)
     return Networks(
         backend=backend,

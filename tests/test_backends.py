@@ -13,16 +13,20 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from conftest import drain_frames
 
 from dreamtalk.bench_stream import speech_audio
 from dreamtalk.cli import main
+from engine.avatar import load_avatar
 from engine.backends import check_backend, load_networks, resolve_backend
 from engine.backends import select as backend_select
-from engine.backends.base import TorchRunner
+from engine.backends.base import BatchSplitRunner, TorchRunner
 from engine.backends.devices import tensorrt_available
 from engine.backends.kinds import ORT_CPU, ORT_CUDA, TENSORRT, TORCH
+from engine.backends.networks import torch_renderer
 from engine.backends.onnxruntime_backend import cuda_provider_available
+from engine.blendshapes import MOTION_DIM, MOTION_INDEX
 from engine.motion_model import MotionModels
 from engine.stream import StreamConfig, StreamEngine, render_motion
 from server.config import ServerConfig
@@ -96,18 +100,29 @@ def test_auto_takes_the_fastest_backend_the_machine_has(monkeypatch, caplog):
     assert resolve_backend("torch") == TORCH
 
 
-def test_auto_on_the_cpu_says_what_it_took_and_renders_512_px_in_torch(export_dir, caplog):
+def test_auto_on_the_cpu_says_what_it_took_and_renders_512_px_and_batches_in_torch(
+    export_dir, caplog
+):
     if resolve_backend("auto") != ORT_CPU:
         pytest.skip("this machine has a GPU backend: auto does not take ONNX Runtime's CPU")
     with caplog.at_level(logging.INFO):
         nets = load_networks(_models(), "auto", engine_dir=export_dir)
     assert nets.backend == ORT_CPU
     assert nets.renderer_kind(256) == ORT_CPU and nets.renderer_kind(512) == TORCH
+    assert nets.renderer_kind(256, batch=2) == TORCH == nets.renderer_kind(512, batch=2)
     assert isinstance(nets.renderer(512), TorchRunner)
     assert (
         "backend: onnxruntime-cpu (chosen by auto); "
-        "renderer: onnxruntime-cpu at 256 px, torch at 512 px" in caplog.text
+        "renderer: onnxruntime-cpu at 256 px (torch for batches), torch at 512 px" in caplog.text
     )
+    # one frame goes to ONNX Runtime, a batch to PyTorch: each runner's own output, exactly
+    split = nets.renderer(256)
+    assert isinstance(split, BatchSplitRunner) and split.single.backend == ORT_CPU
+    inputs = load_avatar(None, size=256).render_inputs()
+    motion = torch.zeros(3, MOTION_DIM)
+    motion[:, MOTION_INDEX["jawOpen"]] = torch.tensor([0.2, 0.5, 0.8])
+    assert torch.equal(split(motion[:1], *inputs), split.single(motion[:1], *inputs))
+    assert torch.equal(split(motion, *inputs), torch_renderer(256)(motion, *inputs))
     assert "exporting" not in caplog.text  # the engine folder's files were fresh: reused
 
 

@@ -55,6 +55,19 @@ class TorchRunner(Runner):
             return self.fn(*inputs)
 
 
+class BatchSplitRunner(Runner):
+    """One network on two runners by batch size: a call of one row on ``single``, a larger
+    batch on ``batched`` (where each was measured the faster). ``backend`` names the single
+    row's runner, ``batched_backend`` the other's."""
+
+    def __init__(self, single: Runner, batched: Runner):
+        self.name, self.single, self.batched = single.name, single, batched
+        self.backend, self.batched_backend = single.backend, batched.backend
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return (self.single if inputs[0].shape[0] == 1 else self.batched)(*inputs)
+
+
 class TorchBackend(Backend):
     kind = TORCH
     needs_file = False

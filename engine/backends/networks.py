@@ -33,6 +33,8 @@ class Networks:
     denoiser: Runner | None = None
     lip_audio_encoder: Runner | None = None  # the refiner's own encoder, when it has one
     torch_render_sizes: Callable[[int], bool] = lambda size: False  # rendered in PyTorch
+    # sizes whose batches of frames render in PyTorch (single frames on ``renderer_backend``)
+    torch_render_batches: Callable[[int], bool] = lambda size: False
     _renderers: dict[int, Runner] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _warned: set[int] = field(default_factory=set, repr=False)
@@ -45,9 +47,18 @@ class Networks:
                 self._renderers[size] = self.make_renderer(size)
             return self._renderers[size]
 
-    def renderer_kind(self, size: int) -> str:
-        """The kind that renders frames of ``size`` px."""
-        return TORCH if self.torch_render_sizes(size) else self.renderer_backend
+    def renderer_kind(self, size: int, batch: int = 1) -> str:
+        """The kind that renders a call of ``batch`` frames of ``size`` px."""
+        if self.torch_render_sizes(size) or (batch > 1 and self.torch_render_batches(size)):
+            return TORCH
+        return self.renderer_backend
+
+    def describe_renderer(self, size: int) -> str:
+        """Which kind renders ``size`` px frames, as the log says it."""
+        one, batches = self.renderer_kind(size), self.renderer_kind(size, batch=2)
+        if one == batches:
+            return f"{one} at {size} px"
+        return f"{one} at {size} px ({batches} for batches)"
 
     def denoiser_for(self, steps: int) -> Runner | None:
         """The one-step network for a sampler of ``steps`` steps (None: the PyTorch module)."""

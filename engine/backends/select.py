@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.backends.base import Backend, Runner, TorchBackend
+from engine.backends.base import Backend, BatchSplitRunner, Runner, TorchBackend
 from engine.backends.devices import tensorrt_available
 from engine.backends.kinds import (
     DEFAULT_FORM,
@@ -120,7 +120,7 @@ def load_networks(
                 raise
             log.warning("backend %s could not start (%s): trying %s", kind, err, candidates[i + 1])
     how = "chosen by auto" if backend == "auto" else "as asked"
-    renders = ", ".join(f"{nets.renderer_kind(s)} at {s} px" for s in SUPPORTED_SIZES)
+    renders = ", ".join(nets.describe_renderer(s) for s in SUPPORTED_SIZES)
     log.info("backend: %s (%s); renderer: %s", nets.backend, how, renders)
     return nets
 
@@ -157,15 +157,31 @@ def _exported_networks(
         form = cache.manifest().get("denoiser", {}).get("form", DEFAULT_FORM)
     runners = {g.name: load(g) for g in motion_graphs(models, form)}
 
-    # ONNX Runtime's CPU renderer beats PyTorch's at 256 px but not at 512 px: its GridSample
-    # costs about 2.3x PyTorch's per pixel, and a frame needs one full-resolution sample of
-    # the portrait (docs/export.md). So auto renders larger frames in PyTorch there.
+    # On a CPU, auto renders each call where it was measured the faster (docs/bench.md#stages):
+    # one frame of 256 px in ONNX Runtime (2.4 against 2.9 ms); 512 px frames in PyTorch (ONNX
+    # Runtime's GridSample costs about 2.5x PyTorch's per pixel, and a frame needs one
+    # full-resolution sample of the portrait: docs/export.md); batches of frames in PyTorch,
+    # which spreads its per-op overhead over the batch where ONNX Runtime's cost stays per frame
+    # (4 frames of 256 px: 5.9 against 7.8 ms; 8: 10.3 against 15.9).
+    cpu_auto = choice == "auto" and kind == ORT_CPU
+
     def torch_render_sizes(size: int) -> bool:
-        return choice == "auto" and kind == ORT_CPU and size > ORT_CPU_RENDER_MAX_SIZE
+        return cpu_auto and size > ORT_CPU_RENDER_MAX_SIZE
+
+    def torch_render_batches(size: int) -> bool:
+        return cpu_auto
 
     def make_renderer(size: int) -> Runner:
         if torch_render_sizes(size):
             return torch_renderer(size)
-        return load(renderer_graph(size))
+        exported = load(renderer_graph(size))
+        return BatchSplitRunner(exported, torch_renderer(size)) if cpu_auto else exported
 
-    return networks_of(runners, kind, models, make_renderer, torch_render_sizes=torch_render_sizes)
+    return networks_of(
+        runners,
+        kind,
+        models,
+        make_renderer,
+        torch_render_sizes=torch_render_sizes,
+        torch_render_batches=torch_render_batches,
+    )

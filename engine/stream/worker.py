@@ -223,7 +223,7 @@ class StreamEngine:
         (``__init__``'s ``batch_renders``; by default `renders_in_batches`)."""
         if self._batch_renders is not None:
             return self._batch_renders
-        return renders_in_batches(self.models.nets.renderer_kind(size), size)
+        return renders_in_batches(self.models.nets.renderer_kind(size, batch=2), size)
 
     def _remove(self, session: Session) -> None:
         with self._cond:
