@@ -5,8 +5,9 @@
 `MotionModels` and the stream engine's renderers call. ``--backend auto`` takes the fastest
 the machine has: TensorRT when a GPU and the tensorrt package are there, else ONNX Runtime on
 CUDA (onnxruntime-gpu and a GPU), else ONNX Runtime on the CPU (when installed), else PyTorch.
-On the CPU, ``auto`` keeps the renderer in PyTorch, which was measured faster there than ONNX
-Runtime's (docs/export.md); ``--backend onnxruntime`` runs it in ONNX Runtime too.
+On the CPU, ``auto`` renders one 256 px frame in ONNX Runtime and 512 px frames and batches of
+frames in PyTorch, each where it was measured the faster (docs/bench.md#stages);
+``--backend onnxruntime`` renders everything in ONNX Runtime.
 """
 
 from __future__ import annotations
