@@ -48,11 +48,8 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: frozenset[str] = KEEP_FP32) -> on
     out = onnx.ModelProto()
     out.CopyFrom(model)
     nodes = list(out.graph.node)
-    kept = _kept_in_fp32(nodes, keep_fp32, {o.name for o in out.graph.output})
-    consumers: dict[str, list[int]] = defaultdict(list)
-    for i, node in enumerate(nodes):
-        for name in node.input:
-            consumers[name].append(i)
+    consumers = _consumers(nodes)
+    kept = _kept_in_fp32(nodes, consumers, keep_fp32, {o.name for o in out.graph.output})
 
     half: set[str] = set()  # float tensors that now hold float16
     for init in out.graph.initializer:
@@ -118,15 +115,25 @@ def half_fraction(model: onnx.ModelProto) -> float:
     return sum(s for s, t in zip(sizes, heavy, strict=True) if t.data_type == HALF) / sum(sizes)
 
 
-def _kept_in_fp32(nodes: list[onnx.NodeProto], ops: frozenset[str], outputs: set[str]) -> set[int]:
-    """Indices of the nodes that stay FP32: those of ``ops``, and, repeatedly, every cheap
-    node (`_ARGUMENT_OPS`) all of whose outputs feed only a sinusoid or such a node (the
-    arithmetic of a sinusoid's argument), and every constant that feeds only FP32 nodes; never
-    a node that writes a graph output."""
+def _consumers(nodes: list[onnx.NodeProto]) -> dict[str, list[int]]:
+    """The indices of the nodes that read each tensor."""
     consumers: dict[str, list[int]] = defaultdict(list)
     for i, node in enumerate(nodes):
         for name in node.input:
             consumers[name].append(i)
+    return consumers
+
+
+def _kept_in_fp32(
+    nodes: list[onnx.NodeProto],
+    consumers: dict[str, list[int]],
+    ops: frozenset[str],
+    outputs: set[str],
+) -> set[int]:
+    """Indices of the nodes that stay FP32: those of ``ops``, and, repeatedly, every cheap
+    node (`_ARGUMENT_OPS`) all of whose outputs feed only a sinusoid or such a node (the
+    arithmetic of a sinusoid's argument), and every constant that feeds only FP32 nodes; never
+    a node that writes a graph output."""
     kept = {i for i, node in enumerate(nodes) if node.op_type in ops}
     arguments = {i for i in kept if nodes[i].op_type in _SINUSOIDS}
     changed = True

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.backends import Runner
-from engine.backends.kinds import ORT_CUDA, TENSORRT, TORCH
+from engine.backends.kinds import ORT_CPU
 from engine.motion_model import MotionModels
 from engine.stream.config import StreamConfig
 from engine.stream.core import run_blocks
@@ -59,18 +59,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-GPU_KINDS = (TENSORRT, ORT_CUDA)  # backends whose renderer takes a batch of frames faster
-# On a CPU, one call for 4 frames of 256 px was measured 8-45% faster than 4 calls. At 512 px
-# PyTorch's is 10-17% faster too (with `engine.memory.keep_freed_memory`; before it, a
-# batch's temporaries were faulted in afresh and one call was slower); ONNX Runtime's was 66%
-# slower in one run of two (docs/bench.md): its larger frames render one by one.
+# A batch of frames renders faster in one call on every renderer but ONNX Runtime's on a CPU
+# above 256 px, which renders those one by one (docs/bench.md): on a CPU 4 frames of 256 px
+# were measured 8-45% faster in one call than in 4, and at 512 px PyTorch's one call is 10-17%
+# faster (with `engine.memory.keep_freed_memory`; before it the batch's temporaries were
+# faulted in afresh and one call was slower), ONNX Runtime's 66% slower in one run of two.
 CPU_BATCH_RENDER_MAX_SIZE = 256
 
 
 def renders_in_batches(renderer_backend: str, size: int) -> bool:
-    """The default of `StreamEngine.batch_renders`: on a GPU and in PyTorch, and in ONNX
-    Runtime on a CPU up to 256 px."""
-    return renderer_backend in (*GPU_KINDS, TORCH) or size <= CPU_BATCH_RENDER_MAX_SIZE
+    """The default of `StreamEngine.batch_renders`: yes, but in ONNX Runtime on a CPU above
+    256 px."""
+    return renderer_backend != ORT_CPU or size <= CPU_BATCH_RENDER_MAX_SIZE
 
 
 class ManualClock:
